@@ -1,0 +1,5 @@
+"""Attention: flash-attn's API over Triton kernels and a PyTorch reference."""
+
+from .api import BACKENDS, flash_attn_func, flash_attn_varlen_func
+
+__all__ = ["BACKENDS", "flash_attn_func", "flash_attn_varlen_func"]

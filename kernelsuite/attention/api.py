@@ -1,0 +1,253 @@
+"""Public attention functions: input validation, backend choice, autograd, torch.library ops.
+
+Inputs are checked here, once; kernels assume valid inputs. The Triton kernels are reached
+through two torch.library custom ops (forward and backward) with fake implementations and a
+registered autograd formula, so ``torch.compile(fullgraph=True)`` traces through them.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Optional
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "triton", "torch")
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+HEAD_DIM_MIN, HEAD_DIM_MAX = 16, 256
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_flag(name, value):
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def _check_scalars(softmax_scale, causal, window_size, softcap, return_lse, deterministic,
+                   head_dim):
+    """Returns (softmax_scale, (left, right)) with the defaults and causal applied."""
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    elif (not isinstance(softmax_scale, numbers.Real) or isinstance(softmax_scale, bool)
+          or not math.isfinite(softmax_scale) or softmax_scale <= 0):
+        raise ValueError(f"softmax_scale must be a finite number > 0 or None, got {softmax_scale!r}")
+    for name, flag in (("causal", causal), ("return_lse", return_lse),
+                       ("deterministic", deterministic)):
+        _check_flag(name, flag)
+    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1
+                       for w in window_size)):
+        raise ValueError("window_size must be a pair (left, right) of ints >= -1 "
+                         f"(-1 = unbounded), got {window_size!r}")
+    if (not isinstance(softcap, numbers.Real) or isinstance(softcap, bool)
+            or not math.isfinite(softcap) or softcap < 0):
+        raise ValueError(f"softcap must be a finite number >= 0 (0 = off), got {softcap!r}")
+    left, right = window_size
+    if causal:  # flash-attn: causal is the window (left, 0)
+        right = 0
+    return float(softmax_scale), (int(left), int(right))
+
+
+def _check_tensors(q, k, v, backend, varlen):
+    layout = "(total, heads, head_dim)" if varlen else "(batch, seqlen, heads, head_dim)"
+    ndim = 3 if varlen else 4
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != ndim:
+            raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    allowed = KERNEL_DTYPES + ((torch.float64,) if backend == "torch" else ())
+    if q.dtype not in allowed:
+        raise TypeError(f"q.dtype must be one of {[str(d) for d in allowed]} for backend "
+                        f"{backend!r}, got {q.dtype}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}.dtype ({t.dtype}) must match q.dtype ({q.dtype})")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
+    if not varlen and k.shape[0] != q.shape[0]:
+        raise ValueError(f"k has batch {k.shape[0]} but q has batch {q.shape[0]}")
+    head_dim = q.shape[-1]
+    if head_dim % 8 or not HEAD_DIM_MIN <= head_dim <= HEAD_DIM_MAX:
+        raise ValueError(f"head_dim (q.shape[-1]) must be a multiple of 8 in "
+                         f"[{HEAD_DIM_MIN}, {HEAD_DIM_MAX}], got {head_dim}")
+    if k.shape[-1] != head_dim:
+        raise ValueError(f"k.shape[-1] ({k.shape[-1]}) must equal q's head_dim ({head_dim})")
+    heads_q, heads_kv = q.shape[-2], k.shape[-2]
+    if heads_kv == 0 or heads_q % heads_kv:
+        raise ValueError(f"q's heads ({heads_q}) must be a multiple of k/v's heads ({heads_kv})")
+
+
+def _check_cu_seqlens(name, cu, total, device, batch=None):
+    """Returns the sequence lengths (one host sync: the rules below need the values)."""
+    if not isinstance(cu, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32, got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 2:
+        raise ValueError(f"{name} must be 1-D of length batch + 1 >= 2, got shape "
+                         f"{tuple(cu.shape)}")
+    if batch is not None and cu.numel() != batch + 1:
+        raise ValueError(f"{name} has length {cu.numel()} but cu_seqlens_q has {batch + 1}: "
+                         "both must be batch + 1")
+    if cu.device != device:
+        raise ValueError(f"{name} is on {cu.device} but q is on {device}")
+    if torch.compiler.is_compiling():
+        return None  # reading the values would break the graph; checked in eager mode
+    values = cu.tolist()
+    if values[0] != 0:
+        raise ValueError(f"{name}[0] must be 0, got {values[0]}")
+    lengths = [b - a for a, b in zip(values, values[1:])]
+    if min(lengths) < 0:
+        raise ValueError(f"{name} must be non-decreasing, got {values}")
+    if values[-1] != total:
+        raise ValueError(f"{name}[-1] ({values[-1]}) must equal the number of tokens ({total})")
+    return lengths
+
+
+def _check_max_seqlen(name, value, lengths):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if lengths is not None and value < max(lengths):
+        raise ValueError(f"{name} ({value}) is less than the longest sequence ({max(lengths)})")
+
+
+def _resolve_backend(backend, device):
+    if backend == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
+                         f"triton is imported, to interpret on CPU); got tensors on {device}")
+    return backend
+
+
+# ----------------------------------------------------------------------------- custom ops
+
+
+def _triton():
+    from . import triton_flash  # imported on first use: "torch" works without triton
+
+    return triton_flash
+
+
+@torch.library.custom_op("kernelsuite::flash_attn_fwd", mutates_args=())
+def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+            cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+            max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
+            window_right: int, softcap: float, deterministic: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    return _triton().forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                             softmax_scale, window_left, window_right, softcap)
+
+
+@_fwd_op.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+      window_left, window_right, softcap, deterministic):
+    if cu_seqlens_q is None:
+        lse_shape = (q.shape[0], q.shape[2], q.shape[1])
+    else:
+        lse_shape = (q.shape[1], q.shape[0])
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("kernelsuite::flash_attn_bwd", mutates_args=())
+def _bwd_op(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+            v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+            cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
+            max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
+            window_right: int, softcap: float, deterministic: bool
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _triton().backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                              max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                              window_right, softcap, deterministic)
+
+
+@_bwd_op.register_fake
+def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+      softmax_scale, window_left, window_right, softcap, deterministic):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, *params = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.params = params
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    if dlse is None:
+        dlse = torch.zeros_like(lse)
+    dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1),
+                    softcap=0.0, return_lse=False, deterministic=False, backend="auto"):
+    """Attention over (batch, seqlen, heads, head_dim) tensors, flash-attn conventions.
+
+    q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d) with heads_q a
+    multiple of heads_kv (GQA/MQA). causal masks are aligned bottom-right; window_size =
+    (left, right), -1 unbounded; softcap > 0 applies softcap * tanh(scores / softcap).
+    Returns out like q, and the float32 log-sum-exp (batch, heads_q, seqlen_q) when
+    return_lse (its gradient is supported). deterministic=True makes the Triton backward
+    bitwise reproducible (slightly slower). backend: "auto", "triton", "torch".
+    """
+    _check_tensors(q, k, v, backend, varlen=False)
+    scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
+                                          return_lse, deterministic, q.shape[-1])
+    backend = _resolve_backend(backend, q.device)
+    if backend == "torch":
+        return reference.flash_attn_func(q, k, v, scale, False, (left, right), float(softcap),
+                                         return_lse, deterministic)
+    out, lse = _fwd_op(q, k, v, None, None, q.shape[1], k.shape[1], scale, left, right,
+                       float(softcap), deterministic)
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                           return_lse=False, deterministic=False, backend="auto"):
+    """Attention over packed sequences, flash-attn's varlen conventions.
+
+    q (total_q, heads_q, d); k, v (total_k, heads_kv, d); cu_seqlens_q/k int32 of length
+    batch + 1 (sequence b is rows cu[b]:cu[b+1]; empty sequences allowed); max_seqlen_q/k at
+    least the longest sequence. Each sequence attends only to itself. Returns out like q, and
+    the float32 log-sum-exp (heads_q, total_q) when return_lse. Other arguments as
+    :func:`flash_attn_func`.
+    """
+    _check_tensors(q, k, v, backend, varlen=True)
+    scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
+                                          return_lse, deterministic, q.shape[-1])
+    lengths_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
+    lengths_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device,
+                                  batch=cu_seqlens_q.numel() - 1)
+    _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q)
+    _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k)
+    backend = _resolve_backend(backend, q.device)
+    if backend == "torch":
+        return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                max_seqlen_q, max_seqlen_k, scale, False,
+                                                (left, right), float(softcap), return_lse,
+                                                deterministic)
+    out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
+                       left, right, float(softcap), deterministic)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,101 @@
+"""Plain PyTorch attention: the ground truth every attention kernel is checked against.
+
+Same signatures as the public functions in ``kernelsuite.attention`` (minus ``backend``).
+It materialises the (seqlen_q, seqlen_k) score matrix, so it is meant for checking and for
+small problems. Run it on float64 inputs for ground truth; run it in float16/bfloat16 to get
+the error a straightforward low-precision implementation makes (matmuls in the input dtype,
+softmax in float32). It never imports a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device=None) -> torch.Tensor:
+    """Bool (seqlen_q, seqlen_k): True where query i may attend to key j.
+
+    flash-attn semantics: the diagonal is aligned bottom-right, i.e. query i sits at key
+    position i + seqlen_k - seqlen_q. window_size=(left, right) keeps keys in
+    [pos - left, pos + right] (-1 = unbounded); causal forces right = 0.
+    """
+    left, right = window_size
+    if causal:
+        right = 0
+    pos = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
+    j = torch.arange(seqlen_k, device=device)[None, :]
+    mask = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool, device=device)
+    if left >= 0:
+        mask &= j >= pos - left
+    if right >= 0:
+        mask &= j <= pos + right
+    return mask
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                    return_lse=False, deterministic=False):
+    """q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d).
+
+    Returns out (like q), and the float32 log-sum-exp (batch, heads_q, seqlen_q) when
+    return_lse. ``deterministic`` is accepted for signature parity; this code is always
+    deterministic.
+    """
+    batch, seqlen_q, heads_q, head_dim = q.shape
+    seqlen_k, heads_kv = k.shape[1], k.shape[2]
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    group = heads_q // heads_kv
+    # (batch, heads, seqlen, d); GQA by repeating kv heads, so autograd sums their gradients
+    qh = q.transpose(1, 2)
+    kh = k.transpose(1, 2).repeat_interleave(group, dim=1)
+    vh = v.transpose(1, 2).repeat_interleave(group, dim=1)
+
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scores = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype) * softmax_scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    mask = visible_mask(seqlen_q, seqlen_k, causal, window_size, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+
+    # Softmax written out so that rows that see no key give p = 0, lse = -inf and finite
+    # gradients (torch.softmax would give NaN). The max is a constant shift: detach it.
+    if seqlen_k > 0:
+        row_max = scores.amax(dim=-1, keepdim=True).detach()
+    else:  # amax refuses an empty dim
+        row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    empty = denom == 0
+    denom = torch.where(empty, torch.ones_like(denom), denom)
+    p = e / denom
+    out = torch.matmul(p.to(vh.dtype), vh).transpose(1, 2).to(q.dtype)
+    if not return_lse:
+        return out
+    lse = (row_max + torch.log(denom)).masked_fill(empty, float("-inf")).squeeze(-1)
+    return out, lse.to(acc_dtype)
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                           return_lse=False, deterministic=False):
+    """q (total_q, heads_q, d); k, v (total_k, heads_kv, d); int32 cu_seqlens of length batch+1.
+
+    Each sequence is attended to on its own with :func:`flash_attn_func`. Returns out (like q),
+    and the float32 log-sum-exp (heads_q, total_q) when return_lse.
+    """
+    cq = cu_seqlens_q.tolist()
+    ck = cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for b in range(len(cq) - 1):
+        o, lse = flash_attn_func(q[None, cq[b]:cq[b + 1]], k[None, ck[b]:ck[b + 1]],
+                                 v[None, ck[b]:ck[b + 1]], softmax_scale, causal, window_size,
+                                 softcap, return_lse=True)
+        outs.append(o[0])
+        lses.append(lse[0])
+    out = torch.cat(outs, dim=0)
+    if not return_lse:
+        return out
+    return out, torch.cat(lses, dim=-1)

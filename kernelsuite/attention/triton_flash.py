@@ -1,0 +1,570 @@
+"""Flash attention forward and backward in Triton (FlashAttention-2 algorithm).
+
+One kernel per pass, in the style of Triton's fused-attention tutorial:
+- forward: one program per (query block, batch*head); online softmax in base 2 over key
+  blocks, skipping blocks that no row of the query block can see (causal / window) and
+  masking only the blocks on the edges of the visible band;
+- backward: a preprocess kernel (delta = rowsum(dO * O) - dLSE), a dK/dV kernel (one program
+  per key block and kv head, looping over the query heads of its GQA group, so no atomics
+  are needed for dK/dV), and either a dQ kernel (deterministic) or float32 atomic adds of dQ
+  from the dK/dV kernel (faster: the score tile is computed twice instead of three times).
+
+Dense (batch, seqlen, heads, d) and varlen (total, heads, d) + cu_seqlens share every
+kernel: a varlen tensor is viewed as batch 1 and each program reads its sequence bounds
+from cu_seqlens (IS_VARLEN). Inputs are assumed valid: the api module checks them.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+# An unbounded window side (-1) becomes this many positions: larger than any sequence, small
+# enough that index arithmetic on it stays inside int32.
+UNBOUNDED = 1 << 30
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _seq_offset(b, start, stride_b, stride_s, IS_VARLEN: tl.constexpr):
+    """Element offset of the first row of sequence b (int64: large tensors overflow int32)."""
+    if IS_VARLEN:
+        return start.to(tl.int64) * stride_s
+    else:
+        return b.to(tl.int64) * stride_b
+
+
+@triton.jit
+def _span(a0, a1, off, lo_w, hi_w, n_other, BLOCK: tl.constexpr):
+    """Which blocks of the other axis the rows a0 <= a < a1 need.
+
+    Row a sees other-index x when a + off - lo_w <= x <= a + off + hi_w and 0 <= x < n_other.
+    Returns BLOCK-aligned (start, full_start, full_end, end): blocks in [full_start, full_end)
+    are seen whole by every row (no mask needed); blocks in [start, full_start) and
+    [full_end, end) need the mask; nothing outside [start, end) is visible, so it is skipped.
+    """
+    lo = tl.maximum(a0 + off - lo_w, 0)
+    hi = tl.minimum(a1 + off + hi_w, n_other)
+    start = lo // BLOCK * BLOCK
+    end = tl.maximum(hi, start)
+    all_lo = tl.maximum(a1 - 1 + off - lo_w, 0)
+    all_hi = tl.maximum(tl.minimum(a0 + off + hi_w + 1, n_other), 0)
+    full_start = tl.minimum(tl.maximum((all_lo + BLOCK - 1) // BLOCK * BLOCK, start), end)
+    full_end = tl.minimum(tl.maximum(all_hi // BLOCK * BLOCK, full_start), end)
+    return start, full_start, full_end, end
+
+
+@triton.jit
+def _visible(rows, cols, n_rows, n_cols, off, win_left, win_right):
+    """Bool tile: query rows[:, None] sees key cols[None, :] (bounds, causal and window)."""
+    pos = rows[:, None] + off
+    return ((rows[:, None] < n_rows) & (cols[None, :] < n_cols)
+            & (cols[None, :] >= pos - win_left) & (cols[None, :] <= pos + win_right))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh through exp2 (the interpreter has no libdevice); saturates cleanly to +-1
+    return 1.0 - 2.0 / (tl.math.exp2((2.0 * LOG2E) * x) + 1.0)
+
+
+@triton.jit
+def _scores(qk, qk_scale, cap_log2, SOFTCAP: tl.constexpr):
+    """Raw q.k to log2-domain scores; also returns tanh for the softcap derivative."""
+    if SOFTCAP:
+        t = _tanh(qk * qk_scale)
+        return t * cap_log2, t
+    else:
+        return qk * qk_scale, qk
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+@triton.jit
+def _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, end, rows, offs_n, offs_d,
+               seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
+               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+               SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + offs_n
+        kv_ok = d_ok
+        if MASK:
+            kv_ok = kv_ok & (cols[:, None] < seqlen_k)
+        k = tl.load(K + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(V + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_ok, other=0.0)
+        s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
+                        SOFTCAP)
+        if MASK:
+            s = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
+                         s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row that has seen no key yet has max -inf: shift by 0 so exp2 gives 0, not NaN.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)  # online-softmax rescale of what came before
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
+def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
+                stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
+                stride_lb, stride_lh,
+                seqlen_q, seqlen_k, heads_q, group, win_left, win_right, qk_scale, cap_log2,
+                seq_key, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
+                DOT_PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    q_start = 0
+    k_start = 0
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    m0 = pid_m * BLOCK_M
+    if m0 >= seqlen_q:
+        return
+    Q += _seq_offset(b, q_start, stride_qb, stride_qs, IS_VARLEN) + h * stride_qh
+    O += _seq_offset(b, q_start, stride_ob, stride_os, IS_VARLEN) + h * stride_oh
+    K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
+    V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
+    LSE += _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
+
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = (rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    off = seqlen_k - seqlen_q  # bottom-right alignment: row i sits at key position i + off
+    start, full_start, full_end, end = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off,
+                                             win_left, win_right, seqlen_k, BLOCK_N)
+    # left edge of a sliding window, the unmasked middle, then the diagonal / right edge / tail
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, full_start,
+                               rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP,
+                               DOT_PREC)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_start,
+                               full_end, rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, False, SOFTCAP,
+                               DOT_PREC)
+    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_end, end,
+                               rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP,
+                               DOT_PREC)
+    # A row that saw no key: output 0, lse -inf.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    tl.store(O + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=q_ok)
+    tl.store(LSE + rows, lse, mask=rows < seqlen_q)
+
+
+# ----------------------------------------------------------------------------- backward
+
+
+@triton.jit(do_not_specialize=["seqlen_q"])
+def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, CU_Q,
+                           stride_ob, stride_os, stride_oh, stride_db, stride_ds, stride_dh,
+                           stride_lb, stride_lh, seqlen_q, heads_q,
+                           HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                           IS_VARLEN: tl.constexpr):
+    """delta = rowsum(dO * O) - dLSE, in the layout of the LSE."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    q_start = 0
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    O += _seq_offset(b, q_start, stride_ob, stride_os, IS_VARLEN) + h * stride_oh
+    DO += _seq_offset(b, q_start, stride_db, stride_ds, IS_VARLEN) + h * stride_dh
+    lse_off = _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
+    o = tl.load(O + rows[:, None] * stride_os + offs_d[None, :], mask=ok, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_ds + offs_d[None, :], mask=ok, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    delta -= tl.load(DLSE + lse_off + rows, mask=rows < seqlen_q, other=0.0)
+    tl.store(DELTA + lse_off + rows, delta, mask=rows < seqlen_q)
+
+
+@triton.jit
+def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, stride_qs, stride_dos, stride_dqs,
+                start, end, cols, offs_m, offs_d, seqlen_q, seqlen_k, off, win_left, win_right,
+                qk_scale, cap_log2, sm_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr,
+                SOFTCAP: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for m0 in range(start, end, BLOCK_M):
+        rows = m0 + offs_m
+        q_ok = d_ok
+        if MASK:
+            q_ok = q_ok & (rows[:, None] < seqlen_q)
+        q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
+        do = tl.load(DO + rows[:, None] * stride_dos + offs_d[None, :], mask=q_ok, other=0.0)
+        lse = tl.load(LSE + rows, mask=rows < seqlen_q, other=0.0) * LOG2E
+        delta = tl.load(DELTA + rows, mask=rows < seqlen_q, other=0.0)
+        # transposed tiles (keys x queries): dK and dV accumulate over queries
+        sT, tT = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PREC), qk_scale, cap_log2,
+                         SOFTCAP)
+        pT = tl.math.exp2(sT - lse[None, :])
+        if MASK:
+            pT = tl.where(tl.trans(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left,
+                                            win_right)), pT, 0.0)
+        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - tT * tT)
+        dsT = dsT.to(q.dtype)
+        dk += tl.dot(dsT, q, input_precision=DOT_PREC)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
+            tl.atomic_add(DQ + rows[:, None] * stride_dqs + offs_d[None, :], dq,
+                          mask=(rows[:, None] < seqlen_q) & d_ok, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
+                     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                     stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                     stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+                     stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
+                     seqlen_q, seqlen_k, heads_kv, group, win_left, win_right,
+                     qk_scale, cap_log2, sm_scale, seq_key,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
+                     ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_kv
+    hk = pid_bh % heads_kv
+    q_start = 0
+    k_start = 0
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    n0 = pid_n * BLOCK_N
+    if n0 >= seqlen_k:
+        return
+    K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + hk * stride_kh
+    V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + hk * stride_vh
+    DK += _seq_offset(b, k_start, stride_dkb, stride_dks, IS_VARLEN) + hk * stride_dkh
+    DV += _seq_offset(b, k_start, stride_dvb, stride_dvs, IS_VARLEN) + hk * stride_dvh
+    Q += _seq_offset(b, q_start, stride_qb, stride_qs, IS_VARLEN)
+    DO += _seq_offset(b, q_start, stride_dob, stride_dos, IS_VARLEN)
+    DQ += _seq_offset(b, q_start, stride_dqb, stride_dqs, IS_VARLEN)
+    lse_off = _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN)
+
+    cols = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_ok = (cols[:, None] < seqlen_k) & (offs_d[None, :] < HEAD_DIM)
+    k = tl.load(K + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_ok, other=0.0)
+    v = tl.load(V + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_ok, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    off = seqlen_k - seqlen_q
+    # key j is seen by query rows i with j - off - right <= i <= j - off + left
+    start, full_start, full_end, end = _span(n0, tl.minimum(n0 + BLOCK_N, seqlen_k), -off,
+                                             win_right, win_left, seqlen_q, BLOCK_M)
+    # A key block that runs past seqlen_k has padding columns; only the masked loop zeroes
+    # their probabilities, so send every query block through it.
+    partial = n0 + BLOCK_N > seqlen_k
+    full_start = tl.where(partial, end, full_start)
+    full_end = tl.where(partial, end, full_end)
+    for g in range(group):  # the query heads sharing this kv head: GQA sums in-kernel
+        h = hk * group + g
+        Qh = Q + h * stride_qh
+        DOh = DO + h * stride_doh
+        DQh = DQ + h * stride_dqh
+        LSEh = LSE + lse_off + h * stride_lh
+        DELTAh = DELTA + lse_off + h * stride_lh
+        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
+                             stride_dqs, start, full_start, cols, offs_m, offs_d, seqlen_q,
+                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
+                             HEAD_DIM, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
+                             stride_dqs, full_start, full_end, cols, offs_m, offs_d, seqlen_q,
+                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
+                             HEAD_DIM, BLOCK_M, False, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
+                             stride_dqs, full_end, end, cols, offs_m, offs_d, seqlen_q,
+                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
+                             HEAD_DIM, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+    tl.store(DK + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(
+        DK.dtype.element_ty), mask=kv_ok)
+    tl.store(DV + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=kv_ok)
+
+
+@triton.jit
+def _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, end, rows, offs_n,
+              offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
+              SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
+    d_ok = offs_d[None, :] < HEAD_DIM
+    for n0 in range(start, end, BLOCK_N):
+        cols = n0 + offs_n
+        kv_ok = d_ok
+        if MASK:
+            kv_ok = kv_ok & (cols[:, None] < seqlen_k)
+        k = tl.load(K + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_ok, other=0.0)
+        v = tl.load(V + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_ok, other=0.0)
+        s, t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
+                       SOFTCAP)
+        p = tl.math.exp2(s - lse[:, None])
+        if MASK:
+            p = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
+                         p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+                   stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+                   stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+                   stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
+                   seqlen_q, seqlen_k, heads_q, group, win_left, win_right,
+                   qk_scale, cap_log2, sm_scale, seq_key,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
+                   DOT_PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    q_start = 0
+    k_start = 0
+    if IS_VARLEN:
+        q_start = tl.load(CU_Q + b)
+        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+        k_start = tl.load(CU_K + b)
+        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    m0 = pid_m * BLOCK_M
+    if m0 >= seqlen_q:
+        return
+    Q += _seq_offset(b, q_start, stride_qb, stride_qs, IS_VARLEN) + h * stride_qh
+    DO += _seq_offset(b, q_start, stride_dob, stride_dos, IS_VARLEN) + h * stride_doh
+    DQ += _seq_offset(b, q_start, stride_dqb, stride_dqs, IS_VARLEN) + h * stride_dqh
+    K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
+    V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
+    lse_off = _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
+
+    rows = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_ok = (rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dos + offs_d[None, :], mask=q_ok, other=0.0)
+    lse = tl.load(LSE + lse_off + rows, mask=rows < seqlen_q, other=0.0) * LOG2E
+    delta = tl.load(DELTA + lse_off + rows, mask=rows < seqlen_q, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    off = seqlen_k - seqlen_q
+    start, full_start, full_end, end = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off,
+                                             win_left, win_right, seqlen_k, BLOCK_N)
+    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, full_start, rows,
+                   offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
+                   cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP, DOT_PREC)
+    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_start, full_end,
+                   rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
+                   cap_log2, HEAD_DIM, BLOCK_N, False, SOFTCAP, DOT_PREC)
+    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_end, end, rows,
+                   offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
+                   cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP, DOT_PREC)
+    tl.store(DQ + rows[:, None] * stride_dqs + offs_d[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _cfg(block_m, block_n, warps, stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
+                         num_stages=stages)
+
+
+def _fits_smem(configs, named_args, **kwargs):
+    """Drop configs whose K/V (or Q/dO) pipeline cannot fit in shared memory at this head dim."""
+    block_d = kwargs["BLOCK_D"]
+    keep = [c for c in configs
+            if c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * block_d * 2 * 2
+            <= 200 * 1024]
+    return keep or configs[-1:]
+
+
+if INTERPRET:
+    # One config each: the interpreter is slow, and blocks smaller than the test sequences
+    # exercise every masking path. M != N catches block-alignment mistakes.
+    FWD_CONFIGS = [_cfg(32, 16, 4, 1)]
+    DKDV_CONFIGS = [_cfg(16, 32, 4, 1)]
+    DQ_CONFIGS = [_cfg(32, 16, 4, 1)]
+else:
+    # Hopper-sized tiles; the largest that fit the head dim win at long sequences.
+    FWD_CONFIGS = [_cfg(*c) for c in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3),
+                                      (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 2)]]
+    DKDV_CONFIGS = [_cfg(*c) for c in [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3),
+                                       (32, 64, 4, 3), (16, 64, 4, 2), (16, 32, 4, 2)]]
+    DQ_CONFIGS = [_cfg(*c) for c in [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
+                                     (64, 32, 4, 3), (32, 32, 4, 2)]]
+
+# seq_key is an unused kernel argument carrying the power-of-two bucket of the longest
+# sequence, so the autotuner re-tunes per length bucket, not per exact (varlen) length.
+_KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP"]
+_PRUNE = {"early_config_prune": _fits_smem}
+
+
+_fwd = triton.autotune(FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_fwd_kernel)
+_bwd_dkdv = triton.autotune(DKDV_CONFIGS, key=_KEY, prune_configs_by=_PRUNE,
+                            reset_to_zero=["DQ"])(_bwd_dkdv_kernel)
+_bwd_dq = triton.autotune(DQ_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_bwd_dq_kernel)
+
+
+def _unit_last(x):
+    """The kernels index the last dim with stride 1; any other layout is used as is."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class _Launch:
+    """Launch arguments shared by every kernel of one attention call."""
+
+    def __init__(self, q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale,
+                 window_left, window_right, softcap):
+        self.varlen = cu_seqlens_q is not None
+        if self.varlen:
+            self.batch = cu_seqlens_q.numel() - 1
+        else:
+            self.batch, max_seqlen_q, max_seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+        self.max_seqlen_q, self.max_seqlen_k = max_seqlen_q, max_seqlen_k
+        self.heads_q, self.heads_kv = q.shape[-2], k.shape[-2]
+        self.group = self.heads_q // self.heads_kv
+        self.win_left = UNBOUNDED if window_left < 0 else min(window_left, UNBOUNDED)
+        self.win_right = UNBOUNDED if window_right < 0 else min(window_right, UNBOUNDED)
+        if softcap > 0:  # scores = softcap * tanh(qk * scale / softcap), in log2 units
+            qk_scale, cap_log2 = softmax_scale / softcap, softcap * LOG2E
+        else:
+            qk_scale, cap_log2 = softmax_scale * LOG2E, 0.0
+        seq_key = max(128, triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k, 1)))
+        # (qk_scale, cap_log2, sm_scale, seq_key): the float tail of the backward kernels
+        self.scales = (qk_scale, cap_log2, softmax_scale, seq_key)
+        self.constexprs = dict(
+            HEAD_DIM=q.shape[-1], BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
+            IS_VARLEN=self.varlen, SOFTCAP=softcap > 0,
+            # float32 inputs get true float32 products: tf32 would cost ~3e-4 relative error
+            DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+
+    def strides(self, x):
+        """(batch, seq, head) strides; a varlen (total, heads, d) tensor is batch 1."""
+        if self.varlen:
+            return (0, x.stride(0), x.stride(1))
+        return (x.stride(0), x.stride(1), x.stride(2))
+
+    def lse_strides(self, lse):
+        """LSE is (batch, heads, seqlen) dense, (heads, total) varlen; rows are contiguous."""
+        return (0, lse.stride(0)) if self.varlen else (lse.stride(0), lse.stride(1))
+
+    def window(self):
+        return (self.win_left, self.win_right)
+
+
+def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+            window_left, window_right, softcap, out=None, lse=None):
+    """Returns (out, lse). lse is float32, (batch, heads, seqlen_q) or (heads, total_q).
+
+    out and lse may be given (contiguous, of those shapes); tests poison them to check that
+    every element is written.
+    """
+    q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                window_right, softcap)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if lse is None:
+        lse_shape = (L.heads_q, q.shape[0]) if L.varlen else (L.batch, L.heads_q, q.shape[1])
+        lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+    if out.numel() == 0:
+        return out, lse
+    grid = lambda meta: (triton.cdiv(L.max_seqlen_q, meta["BLOCK_M"]), L.batch * L.heads_q)  # noqa: E731
+    qk_scale, cap_log2, _, seq_key = L.scales
+    _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *L.strides(q), *L.strides(k),
+               *L.strides(v), *L.strides(out), *L.lse_strides(lse), L.max_seqlen_q,
+               L.max_seqlen_k, L.heads_q, L.group, *L.window(), qk_scale, cap_log2, seq_key,
+               **L.constexprs)
+    return out, lse
+
+
+def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+             max_seqlen_k, softmax_scale, window_left, window_right, softcap, deterministic,
+             dq=None, dk=None, dv=None):
+    """Returns (dq, dk, dv). dlse (the gradient of the returned LSE) may be None.
+
+    deterministic=False accumulates dq with float32 atomics from the dK/dV kernel;
+    deterministic=True computes dq in its own kernel, bitwise reproducible. dq, dk, dv may
+    be given (contiguous, shaped like q, k, v).
+    """
+    q, k, v, out, dout = (_unit_last(t) for t in (q, k, v, out, dout))
+    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                window_right, softcap)
+    dq_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
+    dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
+    dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
+    # the atomic path accumulates dq in float32, then rounds once
+    dq = dq_out if deterministic else torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    if q.numel() == 0 or k.numel() == 0:
+        return dq_out.zero_(), dk.zero_(), dv.zero_()
+    dlse = torch.zeros_like(lse) if dlse is None else dlse.contiguous()
+    delta = torch.empty_like(lse)
+    block_m = 32 if INTERPRET else 64
+    _bwd_preprocess_kernel[(triton.cdiv(L.max_seqlen_q, block_m), L.batch * L.heads_q)](
+        out, dout, dlse, delta, cu_seqlens_q, *L.strides(out), *L.strides(dout),
+        *L.lse_strides(lse), L.max_seqlen_q, L.heads_q, HEAD_DIM=L.constexprs["HEAD_DIM"],
+        BLOCK_D=L.constexprs["BLOCK_D"], BLOCK_M=block_m, IS_VARLEN=L.varlen)
+
+    grid = lambda meta: (triton.cdiv(L.max_seqlen_k, meta["BLOCK_N"]), L.batch * L.heads_kv)  # noqa: E731
+    _bwd_dkdv[grid](q, k, v, dout, lse, delta, dk, dv, dq, cu_seqlens_q, cu_seqlens_k,
+                    *L.strides(q), *L.strides(k), *L.strides(v), *L.strides(dout),
+                    *L.strides(dk), *L.strides(dv), *L.strides(dq), *L.lse_strides(lse),
+                    L.max_seqlen_q, L.max_seqlen_k, L.heads_kv, L.group, *L.window(),
+                    *L.scales, ATOMIC_DQ=not deterministic, **L.constexprs)
+    if not deterministic:
+        return dq_out.copy_(dq), dk, dv
+    grid = lambda meta: (triton.cdiv(L.max_seqlen_q, meta["BLOCK_M"]), L.batch * L.heads_q)  # noqa: E731
+    _bwd_dq[grid](q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, *L.strides(q),
+                  *L.strides(k), *L.strides(v), *L.strides(dout), *L.strides(dq),
+                  *L.lse_strides(lse), L.max_seqlen_q, L.max_seqlen_k, L.heads_q, L.group,
+                  *L.window(), *L.scales, **L.constexprs)
+    return dq, dk, dv

@@ -1,0 +1,60 @@
+"""Run an attention implementation forward and backward, and check it the DESIGN.md way."""
+
+from __future__ import annotations
+
+import torch
+
+from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func
+from kernelsuite.harness.numerics import check_close
+
+
+def rand(*shape, dtype, device, scale=1.0):
+    """Fresh N(0, scale^2) values in dtype (never zeros)."""
+    return (torch.randn(*shape, device=device) * scale).to(dtype)
+
+
+def cu_seqlens(lengths, device):
+    cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+    cu[1:] = torch.tensor(lengths).cumsum(0)
+    return cu.to(device)
+
+
+def run(q, k, v, dout, dlse, backend, varlen=None, make_input=None, **kw):
+    """Forward + backward of one implementation. Returns {name: tensor}.
+
+    varlen: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) or None.
+    make_input: applied to each leaf before the call (to test non-contiguous layouts).
+    dlse: gradient of the LSE as well (None: the loss uses the output only).
+    """
+    leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+    ins = [make_input(x) for x in leaves] if make_input else leaves
+    if varlen is None:
+        out, lse = flash_attn_func(*ins, return_lse=True, backend=backend, **kw)
+    else:
+        out, lse = flash_attn_varlen_func(*ins, *varlen, return_lse=True, backend=backend, **kw)
+    loss = (out.double() * dout.double()).sum()
+    if dlse is not None:
+        # rows that see no key have lse = -inf: keep them out of the loss
+        loss = loss + (torch.where(torch.isfinite(lse), lse, 0).double() * dlse.double()).sum()
+    loss.backward()
+    return dict(out=out, lse=lse, dq=leaves[0].grad, dk=leaves[1].grad, dv=leaves[2].grad)
+
+
+def check_attention(q, k, v, *, backend="triton", varlen=None, lse_grad=False,
+                    make_input=None, floor=None, **kw):
+    """Kernel vs float64 truth, within 2x the error of the reference in q's dtype.
+
+    Checks out, lse, dq, dk, dv. Returns the kernel's results.
+    """
+    dtype = q.dtype
+    dout = torch.randn(q.shape, device=q.device).to(dtype)
+    lse_rows = (q.shape[1], q.shape[0]) if varlen else (q.shape[0], q.shape[2], q.shape[1])
+    dlse = torch.randn(lse_rows, device=q.device) if lse_grad else None
+    got = run(q, k, v, dout, dlse, backend, varlen, make_input, **kw)
+    lowp = run(q, k, v, dout, dlse, "torch", varlen, **kw)
+    truth = run(q.double(), k.double(), v.double(), dout, dlse, "torch", varlen, **kw)
+    for name in ("out", "lse", "dq", "dk", "dv"):
+        assert got[name].dtype == (torch.float32 if name == "lse" else dtype), name
+        check_close(name, got[name], lowp[name], truth[name], dtype,
+                    floor=None if floor is None else floor(name, truth[name]))
+    return got

@@ -1,0 +1,192 @@
+"""Numerical sanity of the Triton attention against the float64 reference (DESIGN.md).
+
+Without a GPU the Triton kernels run under TRITON_INTERPRET=1 on CPU tensors in float32 and
+float16 (the interpreter gets bfloat16 dots wrong); bfloat16 and real-size shapes are `gpu`.
+"""
+
+import pytest
+import torch
+
+from attention_helpers import check_attention, cu_seqlens, rand, run
+from kernelsuite.attention import triton_flash
+
+DTYPES = [torch.float32, torch.float16]
+
+# (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, options)
+DENSE_CASES = {
+    "len1": (2, 1, 1, 2, 2, 16, {}),
+    "gqa_odd_lengths": (1, 37, 45, 4, 2, 40, {}),
+    "mqa_causal": (1, 48, 48, 4, 1, 64, dict(causal=True)),
+    "causal_q_longer": (1, 50, 20, 2, 2, 32, dict(causal=True)),  # first rows see no key
+    "causal_k_longer": (2, 20, 51, 2, 1, 32, dict(causal=True)),
+    "window": (1, 45, 45, 2, 2, 32, dict(window_size=(5, 3))),
+    "window_causal": (1, 40, 57, 2, 2, 24, dict(window_size=(8, -1), causal=True)),
+    "window_right_only": (1, 33, 33, 2, 2, 16, dict(window_size=(-1, 4))),
+    "window_sees_nothing": (1, 40, 8, 2, 2, 16, dict(window_size=(2, 0))),
+    "softcap": (1, 29, 35, 4, 2, 32, dict(softcap=5.0)),
+    "softcap_causal_scale": (1, 33, 33, 2, 2, 48, dict(softcap=2.0, causal=True,
+                                                         softmax_scale=0.3)),
+    "head_dim_136": (1, 17, 23, 2, 1, 136, {}),
+    "head_dim_256": (1, 19, 19, 1, 1, 256, dict(causal=True)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", DENSE_CASES, ids=str)
+def test_dense(case, dtype, device):
+    batch, sq, sk, hq, hkv, d, opts = DENSE_CASES[case]
+    q = rand(batch, sq, hq, d, dtype=dtype, device=device)
+    k = rand(batch, sk, hkv, d, dtype=dtype, device=device)
+    v = rand(batch, sk, hkv, d, dtype=dtype, device=device)
+    check_attention(q, k, v, **opts)
+
+
+VARLEN_CASES = {
+    # lengths of q and k per sequence: empty sequences, k empty with q not, uneven, length 1
+    "uneven": ([5, 0, 33, 17, 1], [7, 3, 0, 40, 1], {}),
+    "causal": ([5, 0, 33, 17, 1], [7, 3, 0, 40, 1], dict(causal=True)),
+    "same_lengths_window": ([31, 2, 18], [31, 2, 18], dict(window_size=(4, 4))),
+    "softcap_gqa": ([12, 40], [30, 9], dict(softcap=3.0, causal=True)),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=str)
+def test_varlen(case, dtype, device):
+    lq, lk, opts = VARLEN_CASES[case]
+    hq, hkv, d = 4, 2, 32
+    q = rand(sum(lq), hq, d, dtype=dtype, device=device)
+    k = rand(sum(lk), hkv, d, dtype=dtype, device=device)
+    v = rand(sum(lk), hkv, d, dtype=dtype, device=device)
+    varlen = (cu_seqlens(lq, device), cu_seqlens(lk, device), max(lq), max(lk))
+    check_attention(q, k, v, varlen=varlen, **opts)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_lse_gradient(varlen, deterministic, device):
+    """A loss that uses the returned LSE gets its gradient too (not silently dropped)."""
+    if varlen:
+        lq, lk = [9, 0, 20], [13, 4, 20]
+        q, k, v = (rand(sum(n), 2, 32, dtype=torch.float32, device=device)
+                   for n in (lq, lk, lk))
+        check_attention(q, k, v, varlen=(cu_seqlens(lq, device), cu_seqlens(lk, device), 20, 20),
+                        causal=True, lse_grad=True, deterministic=deterministic)
+    else:
+        q = rand(2, 21, 4, 32, dtype=torch.float32, device=device)
+        k, v = (rand(2, 27, 2, 32, dtype=torch.float32, device=device) for _ in range(2))
+        check_attention(q, k, v, causal=True, lse_grad=True, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_deterministic_backward(dtype, device):
+    q = rand(1, 40, 4, 32, dtype=dtype, device=device)
+    k, v = (rand(1, 40, 1, 32, dtype=dtype, device=device) for _ in range(2))
+    check_attention(q, k, v, causal=True, deterministic=True)
+    dout = torch.randn(q.shape, device=device).to(dtype)
+    got = run(q, k, v, dout, None, "triton", causal=True, deterministic=True)
+    again = run(q, k, v, dout, None, "triton", causal=True, deterministic=True)
+    for name in ("dq", "dk", "dv"):
+        assert torch.equal(got[name], again[name]), name
+
+
+LAYOUTS = {
+    # q, k, v sliced out of one packed (batch, seqlen, 3, heads, d) projection
+    "packed_qkv": lambda x: torch.stack([x, x, x], dim=2)[:, :, 1],
+    # (batch, heads, seqlen, d) memory seen as (batch, seqlen, heads, d)
+    "heads_major": lambda x: x.transpose(1, 2).contiguous().transpose(1, 2),
+    # last dim not unit-stride
+    "strided_last": lambda x: torch.stack([x, x], dim=-1)[..., 0],
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=str)
+def test_non_contiguous_inputs(layout, device):
+    q = rand(2, 19, 4, 32, dtype=torch.float16, device=device)
+    k, v = (rand(2, 23, 2, 32, dtype=torch.float16, device=device) for _ in range(2))
+    make = LAYOUTS[layout]
+    assert not make(q).is_contiguous()
+    check_attention(q, k, v, causal=True, make_input=make)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_magnitudes(dtype, device):
+    """Scores in the thousands: the online softmax must neither overflow nor lose accuracy
+    beyond what a float32 LSE allows (about ulp(|score|), as in flash-attn)."""
+    scale = 60.0 if dtype == torch.float32 else 12.0  # fp16: its reference must stay finite
+    q = rand(1, 33, 2, 32, dtype=dtype, device=device, scale=scale)
+    k = rand(1, 33, 2, 32, dtype=dtype, device=device, scale=scale)
+    v = rand(1, 33, 2, 32, dtype=dtype, device=device)
+    max_score = (q.double().transpose(1, 2) @ k.double().transpose(1, 2).mT).abs().max().item()
+    assert max_score * 32 ** -0.5 > (1000 if dtype == torch.float32 else 100)
+    ulp = torch.finfo(torch.float32).eps * max_score * 32 ** -0.5
+    floor = None
+    if dtype == torch.float32:  # the float16 floor already exceeds this rounding
+
+        def floor(name, truth):  # the LSE is off by about ulp; the rest by ulp relative
+            return 8 * ulp * (1.0 if name == "lse" else max(1.0, truth.abs().max().item()))
+
+    check_attention(q, k, v, causal=True, floor=floor)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_every_output_element_written(varlen, deterministic, device):
+    """Outputs start as NaN; afterwards every element must hold a number (or -inf LSE
+    exactly where a row sees no key)."""
+    hq, hkv, d = 2, 1, 24
+    if varlen:
+        lq, lk = [7, 0, 30, 3], [0, 5, 30, 9]
+        q, k, v = (rand(sum(n), h, d, dtype=torch.float16, device=device)
+                   for n, h in ((lq, hq), (lk, hkv), (lk, hkv)))
+        cu = (cu_seqlens(lq, device), cu_seqlens(lk, device))
+        lse_shape, maxes = (hq, sum(lq)), (max(lq), max(lk))
+    else:
+        q = rand(2, 37, hq, d, dtype=torch.float16, device=device)
+        k, v = (rand(2, 18, hkv, d, dtype=torch.float16, device=device) for _ in range(2))
+        cu, lse_shape, maxes = (None, None), (2, hq, 37), (0, 0)
+    nan = float("nan")
+    out = torch.full_like(q, nan)
+    lse = torch.full(lse_shape, nan, device=device)
+    args = (*cu, *maxes, d ** -0.5, -1, 0, 0.0)  # causal
+    triton_flash.forward(q, k, v, *args, out=out, lse=lse)
+    assert not out.isnan().any() and not lse.isnan().any()
+    assert torch.isinf(lse).any(), "this case has rows that see no key"
+    assert (out[(lse == float("-inf")).transpose(-1, -2)] == 0).all()
+    grads = [torch.full_like(x, nan) for x in (q, k, v)]
+    dout = torch.randn_like(q)
+    triton_flash.backward(dout, None, q, k, v, out, lse, *args, deterministic,
+                          *grads)
+    for name, g in zip(("dq", "dk", "dv"), grads):
+        assert torch.isfinite(g).all(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["gqa_odd_lengths", "causal_q_longer", "window_causal",
+                                  "softcap", "head_dim_256"], ids=str)
+def test_dense_bfloat16(case, device):
+    batch, sq, sk, hq, hkv, d, opts = DENSE_CASES[case]
+    q = rand(batch, sq, hq, d, dtype=torch.bfloat16, device=device)
+    k, v = (rand(batch, sk, hkv, d, dtype=torch.bfloat16, device=device) for _ in range(2))
+    check_attention(q, k, v, **opts)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", VARLEN_CASES, ids=str)
+def test_varlen_bfloat16(case, device):
+    lq, lk, opts = VARLEN_CASES[case]
+    q = rand(sum(lq), 4, 64, dtype=torch.bfloat16, device=device)
+    k, v = (rand(sum(lk), 2, 64, dtype=torch.bfloat16, device=device) for _ in range(2))
+    check_attention(q, k, v, varlen=(cu_seqlens(lq, device), cu_seqlens(lk, device), max(lq),
+                                     max(lk)), **opts)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim,causal,seqlen", [(64, True, 2048), (128, False, 1024),
+                                                    (128, True, 4096), (256, True, 1024)])
+def test_real_size(head_dim, causal, seqlen, dtype, device):
+    """Benchmark-sized shapes: many blocks, every autotuned config path."""
+    q = rand(2, seqlen, 8, head_dim, dtype=dtype, device=device)
+    k, v = (rand(2, seqlen, 2, head_dim, dtype=dtype, device=device) for _ in range(2))
+    check_attention(q, k, v, causal=causal)

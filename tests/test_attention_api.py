@@ -1,0 +1,203 @@
+"""Attention API behaviour: bad input is refused by name, backends resolve, the reference is
+right (checked against torch SDPA), and torch.compile traces the custom ops."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from attention_helpers import cu_seqlens, rand
+from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func, reference
+
+
+def _dense(dtype=torch.float16, device="cpu", b=1, sq=8, sk=8, hq=2, hkv=2, d=32):
+    return (rand(b, sq, hq, d, dtype=dtype, device=device),
+            rand(b, sk, hkv, d, dtype=dtype, device=device),
+            rand(b, sk, hkv, d, dtype=dtype, device=device))
+
+
+# ------------------------------------------------------------------ bad input, dense
+
+DENSE_BAD = {
+    # name: (change to (q, k, v, kwargs), exception, words the message must contain)
+    "q_not_tensor": (lambda q, k, v, kw: (q.tolist(), k, v, kw), TypeError, "q must be a torch.Tensor"),
+    "q_3d": (lambda q, k, v, kw: (q[0], k, v, kw), ValueError, "q must be 4-D"),
+    "k_dtype": (lambda q, k, v, kw: (q, k.float(), v, kw), TypeError, "k.dtype"),
+    "v_dtype": (lambda q, k, v, kw: (q, k, v.float(), kw), TypeError, "v.dtype"),
+    "int_dtype": (lambda q, k, v, kw: (q.int(), k.int(), v.int(), kw), TypeError, "q.dtype"),
+    "float64_triton": (lambda q, k, v, kw: (q.double(), k.double(), v.double(),
+                                            dict(kw, backend="triton")), TypeError, "q.dtype"),
+    "kv_shape": (lambda q, k, v, kw: (q, k, v[:, :-1], kw), ValueError, "same shape"),
+    "batch": (lambda q, k, v, kw: (q, k[:0], v[:0], kw), ValueError, "batch"),
+    "head_dim_odd": (lambda q, k, v, kw: (q[..., :30], k[..., :30], v[..., :30], kw),
+                     ValueError, "head_dim"),
+    "head_dim_small": (lambda q, k, v, kw: (q[..., :8], k[..., :8], v[..., :8], kw),
+                       ValueError, "head_dim"),
+    "head_dim_large": (lambda q, k, v, kw: (q.repeat(1, 1, 1, 9), k.repeat(1, 1, 1, 9),
+                                            v.repeat(1, 1, 1, 9), kw), ValueError, "head_dim"),
+    "k_head_dim": (lambda q, k, v, kw: (q, k[..., :16], v[..., :16], kw), ValueError, "k.shape[-1]"),
+    "heads_not_multiple": (lambda q, k, v, kw: (q[:, :, :1], k, v, kw), ValueError, "multiple"),
+    "window_negative": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(-2, 0))),
+                        ValueError, "window_size"),
+    "window_length": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(1, 2, 3))),
+                      ValueError, "window_size"),
+    "window_float": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(1.5, 0))),
+                     ValueError, "window_size"),
+    "softcap_negative": (lambda q, k, v, kw: (q, k, v, dict(kw, softcap=-1.0)), ValueError, "softcap"),
+    "scale_zero": (lambda q, k, v, kw: (q, k, v, dict(kw, softmax_scale=0.0)), ValueError,
+                   "softmax_scale"),
+    "scale_nan": (lambda q, k, v, kw: (q, k, v, dict(kw, softmax_scale=float("nan"))),
+                  ValueError, "softmax_scale"),
+    "causal_not_bool": (lambda q, k, v, kw: (q, k, v, dict(kw, causal=1)), TypeError, "causal"),
+    "backend_name": (lambda q, k, v, kw: (q, k, v, dict(kw, backend="cuda")), ValueError, "backend"),
+    "device_mismatch": (lambda q, k, v, kw: (q, k.to("meta"), v.to("meta"), kw), ValueError,
+                        "k is on"),
+}
+
+
+@pytest.mark.parametrize("case", DENSE_BAD, ids=str)
+def test_dense_bad_input(case):
+    change, exc, words = DENSE_BAD[case]
+    q, k, v, kw = change(*_dense(), {})
+    with pytest.raises(exc, match=words.replace("[", r"\[").replace("]", r"\]")):
+        flash_attn_func(q, k, v, **kw)
+
+
+def test_triton_on_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA"):
+        flash_attn_func(*_dense(), backend="triton")
+
+
+# ------------------------------------------------------------------ bad input, varlen
+
+
+def _varlen_args(lq=(3, 0, 5), lk=(4, 2, 5)):
+    q = rand(sum(lq), 2, 32, dtype=torch.float16, device="cpu")
+    k = rand(sum(lk), 1, 32, dtype=torch.float16, device="cpu")
+    v = rand(sum(lk), 1, 32, dtype=torch.float16, device="cpu")
+    return [q, k, v, cu_seqlens(lq, "cpu"), cu_seqlens(lk, "cpu"), max(lq), max(lk)]
+
+
+def _set(i, value):
+    def change(args):
+        args = list(args)
+        args[i] = value(args[i]) if callable(value) else value
+        return args
+    return change
+
+
+VARLEN_BAD = {
+    "q_4d": (_set(0, lambda q: q[None]), ValueError, "q must be 3-D"),
+    "cu_int64": (_set(3, lambda cu: cu.long()), TypeError, "cu_seqlens_q must be int32"),
+    "cu_not_tensor": (_set(4, [0, 4, 6, 11]), TypeError, "cu_seqlens_k must be a torch.Tensor"),
+    "cu_2d": (_set(3, lambda cu: cu[None]), ValueError, "cu_seqlens_q must be 1-D"),
+    "cu_decreasing": (_set(3, lambda cu: torch.tensor([0, 5, 3, 8], dtype=torch.int32)),
+                      ValueError, "non-decreasing"),
+    "cu_first_not_zero": (_set(4, lambda cu: cu + 1), ValueError, r"cu_seqlens_k\[0\]"),
+    "cu_total": (_set(3, lambda cu: torch.tensor([0, 3, 3, 7], dtype=torch.int32)),
+                 ValueError, "number of tokens"),
+    "cu_lengths_differ": (_set(4, lambda cu: cu[:-1]), ValueError, "batch \\+ 1"),
+    "max_seqlen_short": (_set(5, 4), ValueError, "max_seqlen_q"),
+    "max_seqlen_type": (_set(6, 5.0), TypeError, "max_seqlen_k must be an int"),
+}
+
+
+@pytest.mark.parametrize("case", VARLEN_BAD, ids=str)
+def test_varlen_bad_input(case):
+    change, exc, words = VARLEN_BAD[case]
+    with pytest.raises(exc, match=words):
+        flash_attn_varlen_func(*change(_varlen_args()))
+
+
+# ------------------------------------------------------------------ backends
+
+
+def test_auto_on_cpu_is_the_reference():
+    q, k, v = _dense(torch.float32)
+    assert torch.equal(flash_attn_func(q, k, v, causal=True),
+                       reference.flash_attn_func(q, k, v, causal=True))
+
+
+def test_float64_reference_backend():
+    q, k, v = _dense(torch.float64)
+    out, lse = flash_attn_func(q, k, v, return_lse=True, backend="torch")
+    assert out.dtype == torch.float64 and lse.dtype == torch.float64
+
+
+# ------------------------------------------------------------------ the reference itself
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_reference_matches_sdpa(causal):
+    """The ground truth agrees with torch's own attention (GQA by repeated heads)."""
+    q, k, v = _dense(torch.float64, b=2, sq=13, sk=13, hq=4, hkv=2)
+    out, lse = reference.flash_attn_func(q, k, v, causal=causal, return_lse=True)
+    rep = lambda x: x.transpose(1, 2).repeat_interleave(2, dim=1)  # noqa: E731
+    expect = F.scaled_dot_product_attention(q.transpose(1, 2), rep(k), rep(v),
+                                            is_causal=causal).transpose(1, 2)
+    torch.testing.assert_close(out, expect)
+    scores = (q.transpose(1, 2) @ rep(k).mT) * 32 ** -0.5
+    if causal:
+        scores = scores.masked_fill(torch.ones(13, 13, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(lse, scores.logsumexp(-1))
+
+
+def test_reference_mask_semantics():
+    """flash-attn's: bottom-right causal, window (left, right) around i + sk - sq."""
+    m = reference.visible_mask(2, 5, causal=True, window_size=(-1, -1))
+    assert m.tolist() == [[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]]
+    m = reference.visible_mask(3, 3, causal=False, window_size=(1, 0))
+    assert m.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    m = reference.visible_mask(5, 2, causal=True, window_size=(-1, -1))
+    assert m.tolist() == [[0, 0], [0, 0], [0, 0], [1, 0], [1, 1]]
+
+
+def test_reference_row_without_keys_is_zero_with_finite_grads():
+    q, k, v = (x.requires_grad_() for x in _dense(torch.float64, sq=6, sk=2))
+    out, lse = reference.flash_attn_func(q, k, v, causal=True, return_lse=True)
+    assert (out[:, :4] == 0).all() and torch.isinf(lse[..., :4]).all()
+    out.sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (q, k, v))
+
+
+# ------------------------------------------------------------------ torch.compile
+
+
+@pytest.mark.parametrize("varlen", [False, True])
+def test_compile_fullgraph_matches_eager(varlen, device):
+    """The custom ops trace with no graph break (fullgraph=True), forward and backward."""
+    torch._dynamo.reset()
+    if varlen:
+        lq, lk = [5, 0, 19], [7, 3, 19]
+        q, k, v = (rand(sum(n), 2, 32, dtype=torch.float32, device=device)
+                   for n in (lq, lk, lk))
+        extra = (cu_seqlens(lq, device), cu_seqlens(lk, device), 19, 19)
+        attn = flash_attn_varlen_func
+    else:
+        q, k, v = _dense(torch.float32, device, b=2, sq=19, sk=23, hq=4, hkv=2)
+        extra = ()
+        attn = flash_attn_func
+
+    def step(q, k, v):
+        out, lse = attn(q, k, v, *extra, causal=True, return_lse=True, backend="triton")
+        return (out * 2).sum() + lse.clamp_min(-1e4).sum()
+
+    results = []
+    for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
+        leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        loss = fn(*leaves)
+        loss.backward()
+        results.append([loss.detach()] + [x.grad for x in leaves])
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager)
+
+
+def test_compile_inductor(device):
+    """Inductor fuses the ops around the custom op; the result matches eager."""
+    torch._dynamo.reset()
+    q, k, v = _dense(torch.float32, device, sq=17, sk=17)
+
+    def f(q, k, v):
+        return flash_attn_func(q * 0.5, k, v, causal=True, backend="triton").relu()
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v), f(q, k, v))
