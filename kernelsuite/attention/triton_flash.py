@@ -24,6 +24,9 @@ import triton.language as tl
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+# kernels may only read constexpr globals
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(LN2)
 # An unbounded window side (-1) becomes this many positions: larger than any sequence, small
 # enough that index arithmetic on it stays inside int32.
 UNBOUNDED = 1 << 30
@@ -74,7 +77,7 @@ def _visible(rows, cols, n_rows, n_cols, off, win_left, win_right):
 @triton.jit
 def _tanh(x):
     # tanh through exp2 (the interpreter has no libdevice); saturates cleanly to +-1
-    return 1.0 - 2.0 / (tl.math.exp2((2.0 * LOG2E) * x) + 1.0)
+    return 1.0 - 2.0 / (tl.math.exp2((2.0 * _LOG2E) * x) + 1.0)
 
 
 @triton.jit
@@ -177,7 +180,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * LN2)
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * _LN2)
     tl.store(O + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=q_ok)
     tl.store(LSE + rows, lse, mask=rows < seqlen_q)
@@ -228,7 +231,7 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, stride_qs, stride_dos, stri
             q_ok = q_ok & (rows[:, None] < seqlen_q)
         q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
         do = tl.load(DO + rows[:, None] * stride_dos + offs_d[None, :], mask=q_ok, other=0.0)
-        lse = tl.load(LSE + rows, mask=rows < seqlen_q, other=0.0) * LOG2E
+        lse = tl.load(LSE + rows, mask=rows < seqlen_q, other=0.0) * _LOG2E
         delta = tl.load(DELTA + rows, mask=rows < seqlen_q, other=0.0)
         # transposed tiles (keys x queries): dK and dV accumulate over queries
         sT, tT = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PREC), qk_scale, cap_log2,
@@ -391,7 +394,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     q_ok = (rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
     do = tl.load(DO + rows[:, None] * stride_dos + offs_d[None, :], mask=q_ok, other=0.0)
-    lse = tl.load(LSE + lse_off + rows, mask=rows < seqlen_q, other=0.0) * LOG2E
+    lse = tl.load(LSE + lse_off + rows, mask=rows < seqlen_q, other=0.0) * _LOG2E
     delta = tl.load(DELTA + lse_off + rows, mask=rows < seqlen_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     off = seqlen_k - seqlen_q
@@ -418,12 +421,12 @@ def _cfg(block_m, block_n, warps, stages):
                          num_stages=stages)
 
 
-def _fits_smem(configs, named_args, **kwargs):
-    """Drop configs whose K/V (or Q/dO) pipeline cannot fit in shared memory at this head dim."""
+def _fits_head_dim(configs, named_args, **kwargs):
+    """Drop tiles over 128 x 128 elements at this head dim: their float32 accumulators
+    spill registers (shared-memory overflows the autotuner skips by itself)."""
     block_d = kwargs["BLOCK_D"]
-    keep = [c for c in configs
-            if c.num_stages * (c.kwargs["BLOCK_M"] + c.kwargs["BLOCK_N"]) * block_d * 2 * 2
-            <= 200 * 1024]
+    keep = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * block_d
+            <= 128 * 128]
     return keep or configs[-1:]
 
 
@@ -445,7 +448,7 @@ else:
 # seq_key is an unused kernel argument carrying the power-of-two bucket of the longest
 # sequence, so the autotuner re-tunes per length bucket, not per exact (varlen) length.
 _KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP"]
-_PRUNE = {"early_config_prune": _fits_smem}
+_PRUNE = {"early_config_prune": _fits_head_dim}
 
 
 _fwd = triton.autotune(FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_fwd_kernel)
