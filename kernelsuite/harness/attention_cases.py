@@ -1,0 +1,160 @@
+"""Attention benchmark cases: our kernels against every torch SDPA backend available.
+
+GPU sweep (issue 2): batch * seqlen = 16k tokens, heads * head_dim = 2048, head_dim 64 and
+128, causal and not, seqlen 512 to 16k, bf16 and fp16, forward and forward + backward.
+CPU sweep: float32 at sizes a 2-core machine finishes in a minute.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from ..attention import flash_attn_func
+from .cases import Case, register
+
+# FLOPs of the backward relative to the forward (DESIGN.md)
+BWD_FACTOR = 2.5
+
+
+def visible_pairs(seqlen_q, seqlen_k, causal=False, window_size=(-1, -1)) -> int:
+    """Number of (query, key) pairs attended (flash-attn masks, bottom-right aligned)."""
+    left, right = window_size
+    if causal:
+        right = 0
+    off = seqlen_k - seqlen_q
+    total = 0
+    for i in range(seqlen_q):
+        lo = 0 if left < 0 else max(0, i + off - left)
+        hi = seqlen_k - 1 if right < 0 else min(seqlen_k - 1, i + off + right)
+        total += max(0, hi - lo + 1)
+    return total
+
+
+def attention_flops(batch, heads, seqlen_q, seqlen_k, head_dim, causal=False,
+                    window_size=(-1, -1), backward=False) -> float:
+    fwd = 4.0 * batch * heads * visible_pairs(seqlen_q, seqlen_k, causal, window_size) * head_dim
+    return fwd * (1 + BWD_FACTOR) if backward else fwd
+
+
+def attention_bytes(batch, heads, seqlen_q, seqlen_k, head_dim, elsize, backward=False):
+    """Each input read once and each output written once (q, k, v -> out, lse [-> grads])."""
+    q = batch * seqlen_q * heads * head_dim * elsize
+    kv = 2 * batch * seqlen_k * heads * head_dim * elsize
+    lse = batch * heads * seqlen_q * 4
+    fwd = q + kv + q + lse
+    if not backward:
+        return fwd
+    # backward reads q, k, v, out, dout, lse and writes dq, dk, dv
+    return fwd + (3 * q + kv + lse) + (q + kv)
+
+
+def _ours(backend):
+    def run(x):
+        return flash_attn_func(x.q, x.k, x.v, causal=x.causal, backend=backend)
+    return run
+
+
+def _sdpa(backend):
+    from torch.nn.attention import sdpa_kernel
+
+    def run(x):
+        with sdpa_kernel(backend):
+            out = F.scaled_dot_product_attention(x.q.transpose(1, 2), x.k.transpose(1, 2),
+                                                 x.v.transpose(1, 2), is_causal=x.causal)
+        return out.transpose(1, 2)
+    return run
+
+
+def _with_backward(fwd):
+    def run(x):
+        out = fwd(x)
+        return torch.autograd.grad(out, (x.q, x.k, x.v), x.dout)
+    return run
+
+
+@lru_cache(maxsize=None)
+def _sdpa_works(backend, device, dtype) -> bool:
+    """SDPA backends differ by build, GPU and dtype: try each once on a tiny problem."""
+    x = SimpleNamespace(q=torch.randn(1, 128, 2, 64, device=device, dtype=dtype), causal=True)
+    x.k = x.v = x.q
+    try:
+        _sdpa(backend)(x)
+        return True
+    except RuntimeError:
+        return False
+
+
+def implementations(device, dtype, reference_fits):
+    from torch.nn.attention import SDPBackend
+
+    impls = {}
+    if torch.device(device).type == "cuda":
+        impls["triton"] = _ours("triton")
+    if reference_fits:
+        impls["torch"] = _ours("torch")
+    for name, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+                          ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
+                          ("sdpa_math", SDPBackend.MATH)]:
+        if _sdpa_works(backend, device, dtype):
+            impls[name] = _sdpa(backend)
+    return impls
+
+
+def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, backward,
+              reference_budget_bytes):
+    dtype_name = str(dtype).replace("torch.", "")
+    mode = "fwd_bwd" if backward else "fwd"
+    name = (f"{mode}-{dtype_name}-{'causal' if causal else 'full'}-d{head_dim}-s{seqlen}"
+            f"-b{batch}h{heads}")
+    # the reference materialises float32 scores, probabilities and their gradients
+    reference_fits = batch * heads * seqlen * seqlen * 4 * (6 if backward else 3) \
+        <= reference_budget_bytes
+    impls = implementations(device, dtype, reference_fits)
+    if backward:
+        impls = {k: _with_backward(fn) for k, fn in impls.items()}
+
+    def make_inputs(device):
+        shape = (batch, seqlen, heads, head_dim)
+        x = SimpleNamespace(causal=causal)
+        for t in ("q", "k", "v"):
+            setattr(x, t, torch.randn(shape, device=device, dtype=dtype,
+                                      requires_grad=backward))
+        x.dout = torch.randn(shape, device=device, dtype=dtype)
+        return x
+
+    elsize = torch.finfo(dtype).bits // 8
+    return Case(
+        kernel="attention", name=name,
+        params=dict(mode=mode, dtype=dtype_name, causal=causal, head_dim=head_dim,
+                    seqlen=seqlen, batch=batch, heads=heads),
+        flops=attention_flops(batch, heads, seqlen, seqlen, head_dim, causal, backward=backward),
+        bytes=attention_bytes(batch, heads, seqlen, seqlen, head_dim, elsize, backward),
+        make_inputs=make_inputs, impls=impls)
+
+
+@register("attention")
+def cases(device: str, quick: bool) -> list[Case]:
+    out = []
+    if torch.device(device).type == "cuda":
+        tokens, hidden, budget = 16384, 2048, 8 * 2**30
+        dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float16]
+        head_dims = [128] if quick else [64, 128]
+        seqlens = [1024, 4096, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384]
+    else:
+        tokens, hidden, budget = 2048, 512, 2**30
+        dtypes, head_dims = [torch.float32], [64]
+        seqlens = [512, 2048] if quick else [256, 512, 1024, 2048]
+    for backward in (False, True):
+        for dtype in dtypes:
+            for head_dim in head_dims:
+                for causal in (False, True):
+                    for seqlen in seqlens:
+                        out.append(make_case(device, tokens // seqlen, seqlen,
+                                             hidden // head_dim, head_dim, causal, dtype,
+                                             backward, budget))
+    return out

@@ -1,0 +1,57 @@
+"""Benchmark cases, declared once and consumed by pytest-benchmark, asv and the CLI.
+
+A case is one problem (kernel, parameters, how to build inputs, FLOPs and bytes) plus the
+implementations that solve it on a device: the project's kernels, the reference, and the
+best alternatives installed. Each kernel area registers a function
+``cases(device, quick) -> list[Case]`` in REGISTRY.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Implementation names that are alternatives to ours (not ours, not the reference):
+# speedups are reported against the fastest of them.
+ALTERNATIVE_PREFIX = "sdpa"
+
+
+@dataclass
+class Case:
+    kernel: str
+    name: str
+    params: dict
+    flops: float
+    bytes: float
+    make_inputs: Callable[[str], Any]  # device -> inputs (fresh random data)
+    # implementation name -> fn(inputs) doing the work once (forward, or forward + backward)
+    impls: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    reference: str = "torch"
+
+    @property
+    def id(self) -> str:
+        return f"{self.kernel}/{self.name}"
+
+
+REGISTRY: dict[str, Callable[[str, bool], list[Case]]] = {}
+
+
+def register(kernel: str):
+    def deco(fn):
+        REGISTRY[kernel] = fn
+        return fn
+    return deco
+
+
+def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Case]:
+    """Every registered case for the device (a quick subset unless quick=False)."""
+    _load()
+    names = list(kernels) if kernels else list(REGISTRY)
+    unknown = [k for k in names if k not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown kernel(s) {unknown}; known: {sorted(REGISTRY)}")
+    return [case for k in names for case in REGISTRY[k](device, quick)]
+
+
+def _load():
+    from . import attention_cases  # noqa: F401  (registers itself)
