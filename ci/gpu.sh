@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU job, for a machine with CUDA and torch + triton already installed (e.g. the
+# H100/H200 device machine): GPU tests, the attention benchmark table and asv results.
+# Writes into ${OUT:-gpu-out}/. Uses the Python it finds (PYTHON, default python3).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+status=0
+"$PY" -m pytest -q -x tests 2>&1 | tee "$OUT/tests.log" || status=1
+"$PY" -m kernelsuite.cli bench attention ${BENCH_ARGS:-} --markdown "$OUT/attention.md" \
+    --csv "$OUT/attention.csv" 2>&1 | tee "$OUT/bench.log" || status=1
+if "$PY" -c "import asv" 2>/dev/null; then
+    machine=$("$PY" -c "from kernelsuite.harness.devices import device_name; print(device_name('cuda').replace(' ', '-'))")
+    "$PY" -m asv machine --yes --machine "$machine" >/dev/null
+    "$PY" -m asv run --python=same --machine "$machine" --set-commit-hash "$(git rev-parse HEAD)" \
+        2>&1 | tee "$OUT/asv.log" || status=1
+fi
+exit $status

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Set up a virtual environment and run the test suite (CPU; GPU tests skip without CUDA).
+# The README's test command, and what .ci/run runs. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -c ci/constraints.txt -e ".[dev]"
+# two workers: the Triton interpreter is CPU-bound
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -1,0 +1,80 @@
+"""The benchmark harness counts work right, times honestly and reports what it measured."""
+
+import time
+
+import pytest
+import torch
+
+from kernelsuite import cli
+from kernelsuite.attention import reference
+from kernelsuite.harness import attention_cases as ac
+from kernelsuite.harness.cases import Case, get_cases
+from kernelsuite.harness.run import format_table, run_cases
+from kernelsuite.harness.timing import time_cpu
+
+
+@pytest.mark.parametrize("sq,sk,causal,window", [(7, 7, False, (-1, -1)), (7, 7, True, (-1, -1)),
+                                                 (9, 4, True, (-1, -1)), (4, 9, True, (2, -1)),
+                                                 (12, 12, False, (3, 1))])
+def test_visible_pairs_match_the_reference_mask(sq, sk, causal, window):
+    mask = reference.visible_mask(sq, sk, causal, window)
+    assert ac.visible_pairs(sq, sk, causal, window) == mask.sum().item()
+
+
+def test_attention_flops_follow_design():
+    full = ac.attention_flops(2, 4, 64, 64, 128)
+    assert full == 4 * 2 * 4 * 64 * 64 * 128
+    assert ac.attention_flops(2, 4, 64, 64, 128, causal=True) == 4 * 2 * 4 * (64 * 65 // 2) * 128
+    assert ac.attention_flops(2, 4, 64, 64, 128, backward=True) == 3.5 * full
+
+
+def test_time_cpu_measures_the_call():
+    t = time_cpu(lambda: time.sleep(0.01), warmup=1, min_runs=3, min_time_s=0)
+    assert 0.01 <= t.median_s < 0.5 and t.runs == 3 and t.threads == torch.get_num_threads()
+    assert t.q20_s <= t.median_s <= t.q80_s
+
+
+def test_run_cases_reports_speedups_from_the_same_run():
+    def sleeper(seconds):
+        return lambda x: time.sleep(seconds)
+
+    case = Case(kernel="toy", name="sleep", params={"n": 1}, flops=1e9, bytes=1e6,
+                make_inputs=lambda device: None,
+                impls={"torch": sleeper(0.02), "sdpa_a": sleeper(0.01), "mine": sleeper(0.005)})
+    df = run_cases([case], "cpu", progress=False).set_index("impl")
+    assert set(df.index) == {"torch", "sdpa_a", "mine"}
+    # ratios are computed from the measured medians, not assumed
+    assert df.loc["mine", "vs_best_alt"] == pytest.approx(
+        df.loc["sdpa_a", "median_ms"] / df.loc["mine", "median_ms"])
+    assert df.loc["mine", "vs_reference"] > 2
+    assert df.loc["mine", "tflops"] == pytest.approx(1e9 / (df.loc["mine", "median_ms"] / 1e3) / 1e12)
+    table = format_table(df.reset_index())
+    assert "device:" in table and "mine" in table
+
+
+def test_cpu_attention_cases_run_every_implementation_they_list():
+    cases = get_cases(["attention"], "cpu", quick=True)
+    assert {c.params["mode"] for c in cases} == {"fwd", "fwd_bwd"}
+    case = min(cases, key=lambda c: c.flops)
+    x = case.make_inputs("cpu")
+    outs = {name: fn(x) for name, fn in case.impls.items()}
+    assert "torch" in outs and any(name.startswith("sdpa") for name in outs)
+    # every implementation computes the same attention
+    first = next(iter(outs.values()))
+    for name, out in outs.items():
+        for a, b in zip(out if isinstance(out, tuple) else (out,),
+                        first if isinstance(first, tuple) else (first,)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_cli_rejects_unknown_kernel():
+    with pytest.raises(ValueError, match="unknown kernel.*attention"):
+        cli.main(["bench", "no-such-kernel"])
+
+
+def test_cli_bench_prints_a_table(capsys, tmp_path):
+    csv = tmp_path / "rows.csv"
+    assert cli.main(["bench", "attention", "--impl", "sdpa_flash", "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert "device:" in out and "sdpa_flash" in out and "fwd_bwd" in out
+    assert csv.read_text().count("\n") == len(get_cases(["attention"], "cpu")) + 1
