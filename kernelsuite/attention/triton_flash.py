@@ -47,6 +47,30 @@ def _seq_offset(b, start, stride_b, stride_s, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _bounds(CU, b, seqlen, IS_VARLEN: tl.constexpr):
+    """(first row, length) of sequence b: from cu_seqlens when varlen, else (0, seqlen)."""
+    if IS_VARLEN:
+        start = tl.load(CU + b)
+        return start, tl.load(CU + b + 1) - start
+    else:
+        return 0, seqlen
+
+
+@triton.jit
+def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+               CHECK_ROWS: tl.constexpr):
+    """Load a (rows, head_dim) tile, zero-filled past n_rows and past head_dim. Masks are
+    left out where they cannot matter, so the hot loops issue plain vector loads."""
+    if CHECK_ROWS:
+        return tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM),
+                       other=0.0)
+    elif HEAD_DIM == BLOCK_D:
+        return tl.load(ptrs)
+    else:
+        return tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+
+
+@triton.jit
 def _span(a0, a1, off, lo_w, hi_w, n_other, BLOCK: tl.constexpr):
     """Which blocks of the other axis the rows a0 <= a < a1 need.
 
@@ -96,16 +120,14 @@ def _scores(qk, qk_scale, cap_log2, SOFTCAP: tl.constexpr):
 @triton.jit
 def _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, end, rows, offs_n, offs_d,
                seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
-               HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-               SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+               MASK: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
-        kv_ok = d_ok
-        if MASK:
-            kv_ok = kv_ok & (cols[:, None] < seqlen_k)
-        k = tl.load(K + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k, offs_d,
+                       HEAD_DIM, BLOCK_D, MASK)
+        v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k, offs_d,
+                       HEAD_DIM, BLOCK_D, MASK)
         s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
                         SOFTCAP)
         if MASK:
@@ -135,13 +157,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
     h = pid_bh % heads_q
-    q_start = 0
-    k_start = 0
-    if IS_VARLEN:
-        q_start = tl.load(CU_Q + b)
-        seqlen_q = tl.load(CU_Q + b + 1) - q_start
-        k_start = tl.load(CU_K + b)
-        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    q_start, seqlen_q = _bounds(CU_Q, b, seqlen_q, IS_VARLEN)
+    k_start, seqlen_k = _bounds(CU_K, b, seqlen_k, IS_VARLEN)
     m0 = pid_m * BLOCK_M
     if m0 >= seqlen_q:
         return
@@ -166,16 +183,16 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     # left edge of a sliding window, the unmasked middle, then the diagonal / right edge / tail
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, full_start,
                                rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP,
-                               DOT_PREC)
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                               SOFTCAP, DOT_PREC)
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_start,
                                full_end, rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, False, SOFTCAP,
-                               DOT_PREC)
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+                               SOFTCAP, DOT_PREC)
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_end, end,
                                rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP,
-                               DOT_PREC)
+                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                               SOFTCAP, DOT_PREC)
     # A row that saw no key: output 0, lse -inf.
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -200,10 +217,7 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, CU_Q,
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
     h = pid_bh % heads_q
-    q_start = 0
-    if IS_VARLEN:
-        q_start = tl.load(CU_Q + b)
-        seqlen_q = tl.load(CU_Q + b + 1) - q_start
+    q_start, seqlen_q = _bounds(CU_Q, b, seqlen_q, IS_VARLEN)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
@@ -221,16 +235,15 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, CU_Q,
 def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, stride_qs, stride_dos, stride_dqs,
                 start, end, cols, offs_m, offs_d, seqlen_q, seqlen_k, off, win_left, win_right,
                 qk_scale, cap_log2, sm_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, MASK: tl.constexpr,
-                SOFTCAP: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                MASK: tl.constexpr, SOFTCAP: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                DOT_PREC: tl.constexpr):
     for m0 in range(start, end, BLOCK_M):
         rows = m0 + offs_m
-        q_ok = d_ok
-        if MASK:
-            q_ok = q_ok & (rows[:, None] < seqlen_q)
-        q = tl.load(Q + rows[:, None] * stride_qs + offs_d[None, :], mask=q_ok, other=0.0)
-        do = tl.load(DO + rows[:, None] * stride_dos + offs_d[None, :], mask=q_ok, other=0.0)
+        q = _load_tile(Q + rows[:, None] * stride_qs + offs_d[None, :], rows, seqlen_q, offs_d,
+                       HEAD_DIM, BLOCK_D, MASK)
+        do = _load_tile(DO + rows[:, None] * stride_dos + offs_d[None, :], rows, seqlen_q,
+                        offs_d, HEAD_DIM, BLOCK_D, MASK)
         lse = tl.load(LSE + rows, mask=rows < seqlen_q, other=0.0) * _LOG2E
         delta = tl.load(DELTA + rows, mask=rows < seqlen_q, other=0.0)
         # transposed tiles (keys x queries): dK and dV accumulate over queries
@@ -250,7 +263,8 @@ def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, stride_qs, stride_dos, stri
         if ATOMIC_DQ:
             dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
             tl.atomic_add(DQ + rows[:, None] * stride_dqs + offs_d[None, :], dq,
-                          mask=(rows[:, None] < seqlen_q) & d_ok, sem="relaxed")
+                          mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM),
+                          sem="relaxed")
     return dk, dv
 
 
@@ -269,13 +283,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_kv
     hk = pid_bh % heads_kv
-    q_start = 0
-    k_start = 0
-    if IS_VARLEN:
-        q_start = tl.load(CU_Q + b)
-        seqlen_q = tl.load(CU_Q + b + 1) - q_start
-        k_start = tl.load(CU_K + b)
-        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    q_start, seqlen_q = _bounds(CU_Q, b, seqlen_q, IS_VARLEN)
+    k_start, seqlen_k = _bounds(CU_K, b, seqlen_k, IS_VARLEN)
     n0 = pid_n * BLOCK_N
     if n0 >= seqlen_k:
         return
@@ -315,15 +324,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
         dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
                              stride_dqs, start, full_start, cols, offs_m, offs_d, seqlen_q,
                              seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+                             HEAD_DIM, BLOCK_D, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
         dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
                              stride_dqs, full_start, full_end, cols, offs_m, offs_d, seqlen_q,
                              seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_M, False, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+                             HEAD_DIM, BLOCK_D, BLOCK_M, False, SOFTCAP, ATOMIC_DQ, DOT_PREC)
         dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
                              stride_dqs, full_end, end, cols, offs_m, offs_d, seqlen_q,
                              seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+                             HEAD_DIM, BLOCK_D, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
     tl.store(DK + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(
         DK.dtype.element_ty), mask=kv_ok)
     tl.store(DV + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty),
@@ -333,16 +342,14 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
 @triton.jit
 def _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, end, rows, offs_n,
               offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
-              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASK: tl.constexpr,
-              SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
-    d_ok = offs_d[None, :] < HEAD_DIM
+              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+              MASK: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
     for n0 in range(start, end, BLOCK_N):
         cols = n0 + offs_n
-        kv_ok = d_ok
-        if MASK:
-            kv_ok = kv_ok & (cols[:, None] < seqlen_k)
-        k = tl.load(K + cols[:, None] * stride_ks + offs_d[None, :], mask=kv_ok, other=0.0)
-        v = tl.load(V + cols[:, None] * stride_vs + offs_d[None, :], mask=kv_ok, other=0.0)
+        k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k, offs_d,
+                       HEAD_DIM, BLOCK_D, MASK)
+        v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k, offs_d,
+                       HEAD_DIM, BLOCK_D, MASK)
         s, t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
                        SOFTCAP)
         p = tl.math.exp2(s - lse[:, None])
@@ -371,13 +378,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
     h = pid_bh % heads_q
-    q_start = 0
-    k_start = 0
-    if IS_VARLEN:
-        q_start = tl.load(CU_Q + b)
-        seqlen_q = tl.load(CU_Q + b + 1) - q_start
-        k_start = tl.load(CU_K + b)
-        seqlen_k = tl.load(CU_K + b + 1) - k_start
+    q_start, seqlen_q = _bounds(CU_Q, b, seqlen_q, IS_VARLEN)
+    k_start, seqlen_k = _bounds(CU_K, b, seqlen_k, IS_VARLEN)
     m0 = pid_m * BLOCK_M
     if m0 >= seqlen_q:
         return
@@ -402,13 +404,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
                                              win_left, win_right, seqlen_k, BLOCK_N)
     dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, full_start, rows,
                    offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP, DOT_PREC)
+                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True, SOFTCAP, DOT_PREC)
     dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_start, full_end,
                    rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_N, False, SOFTCAP, DOT_PREC)
+                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, False, SOFTCAP, DOT_PREC)
     dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_end, end, rows,
                    offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_N, True, SOFTCAP, DOT_PREC)
+                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True, SOFTCAP, DOT_PREC)
     tl.store(DQ + rows[:, None] * stride_dqs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
 
