@@ -1,16 +1,30 @@
-"""Numerical sanity of the Triton attention against the float64 reference (DESIGN.md).
+"""Numerical sanity of the attention kernels against the float64 reference (DESIGN.md).
 
-Without a GPU the Triton kernels run under TRITON_INTERPRET=1 on CPU tensors in float32 and
-float16 (the interpreter gets bfloat16 dots wrong); bfloat16 and real-size shapes are `gpu`.
+Every test runs for both kernel backends. Triton: without a GPU its kernels run under
+TRITON_INTERPRET=1 on CPU tensors in float32 and float16 (the interpreter gets bfloat16 dots
+wrong, so bfloat16 is `gpu`). Numba: CPU tensors in float32, float16, bfloat16 and float64.
 """
 
 import pytest
 import torch
 
-from attention_helpers import check_attention, cu_seqlens, rand, run
-from kernelsuite.attention import triton_flash
+from attention_helpers import DEVICES, check_attention, cu_seqlens, rand, run
+from kernelsuite.attention import numba_flash, triton_flash
 
-DTYPES = [torch.float32, torch.float16]
+KERNELS = {"triton": triton_flash, "numba": numba_flash}
+GPU_ONLY = pytest.mark.gpu
+# (backend, dtype) pairs every numerics test runs
+BACKEND_DTYPES = [
+    pytest.param("triton", torch.float32, id="triton-float32"),
+    pytest.param("triton", torch.float16, id="triton-float16"),
+    pytest.param("triton", torch.bfloat16, id="triton-bfloat16", marks=GPU_ONLY),
+    pytest.param("numba", torch.float32, id="numba-float32"),
+    pytest.param("numba", torch.float16, id="numba-float16"),
+    pytest.param("numba", torch.bfloat16, id="numba-bfloat16"),
+    pytest.param("numba", torch.float64, id="numba-float64"),
+]
+BACKEND_NAMES = [pytest.param(name, id=name) for name in KERNELS]
+
 
 # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, options)
 DENSE_CASES = {
@@ -28,17 +42,21 @@ DENSE_CASES = {
                                                          softmax_scale=0.3)),
     "head_dim_136": (1, 17, 23, 2, 1, 136, {}),
     "head_dim_256": (1, 19, 19, 1, 1, 256, dict(causal=True)),
+    # several blocks of every kernel (Numba's are 64 x 64): full, edge and skipped blocks
+    "many_blocks_causal": (1, 150, 131, 2, 1, 64, dict(causal=True)),
+    "many_blocks_window": (2, 130, 130, 2, 2, 32, dict(window_size=(70, 10))),
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
 @pytest.mark.parametrize("case", DENSE_CASES, ids=str)
-def test_dense(case, dtype, device):
+def test_dense(case, backend, dtype):
     batch, sq, sk, hq, hkv, d, opts = DENSE_CASES[case]
+    device = DEVICES[backend]
     q = rand(batch, sq, hq, d, dtype=dtype, device=device)
     k = rand(batch, sk, hkv, d, dtype=dtype, device=device)
     v = rand(batch, sk, hkv, d, dtype=dtype, device=device)
-    check_attention(q, k, v, **opts)
+    check_attention(q, k, v, backend=backend, **opts)
 
 
 VARLEN_CASES = {
@@ -47,46 +65,56 @@ VARLEN_CASES = {
     "causal": ([5, 0, 33, 17, 1], [7, 3, 0, 40, 1], dict(causal=True)),
     "same_lengths_window": ([31, 2, 18], [31, 2, 18], dict(window_size=(4, 4))),
     "softcap_gqa": ([12, 40], [30, 9], dict(softcap=3.0, causal=True)),
+    "many_blocks": ([70, 0, 129], [140, 65, 100], dict(causal=True)),
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend,dtype", BACKEND_DTYPES)
 @pytest.mark.parametrize("case", VARLEN_CASES, ids=str)
-def test_varlen(case, dtype, device):
+def test_varlen(case, backend, dtype):
     lq, lk, opts = VARLEN_CASES[case]
     hq, hkv, d = 4, 2, 32
+    device = DEVICES[backend]
     q = rand(sum(lq), hq, d, dtype=dtype, device=device)
     k = rand(sum(lk), hkv, d, dtype=dtype, device=device)
     v = rand(sum(lk), hkv, d, dtype=dtype, device=device)
     varlen = (cu_seqlens(lq, device), cu_seqlens(lk, device), max(lq), max(lk))
-    check_attention(q, k, v, varlen=varlen, **opts)
+    check_attention(q, k, v, backend=backend, varlen=varlen, **opts)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("varlen", [False, True])
-def test_lse_gradient(varlen, deterministic, device):
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_lse_gradient(backend, varlen, deterministic):
     """A loss that uses the returned LSE gets its gradient too (not silently dropped)."""
+    device = DEVICES[backend]
     if varlen:
         lq, lk = [9, 0, 20], [13, 4, 20]
         q, k, v = (rand(sum(n), 2, 32, dtype=torch.float32, device=device)
                    for n in (lq, lk, lk))
-        check_attention(q, k, v, varlen=(cu_seqlens(lq, device), cu_seqlens(lk, device), 20, 20),
-                        causal=True, lse_grad=True, deterministic=deterministic)
+        check_attention(q, k, v, backend=backend, causal=True, lse_grad=True,
+                        deterministic=deterministic,
+                        varlen=(cu_seqlens(lq, device), cu_seqlens(lk, device), 20, 20))
     else:
         q = rand(2, 21, 4, 32, dtype=torch.float32, device=device)
         k, v = (rand(2, 27, 2, 32, dtype=torch.float32, device=device) for _ in range(2))
-        check_attention(q, k, v, causal=True, lse_grad=True, deterministic=deterministic)
+        check_attention(q, k, v, backend=backend, causal=True, lse_grad=True,
+                        deterministic=deterministic)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_deterministic_backward(dtype, device):
-    q = rand(1, 40, 4, 32, dtype=dtype, device=device)
-    k, v = (rand(1, 40, 1, 32, dtype=dtype, device=device) for _ in range(2))
-    check_attention(q, k, v, causal=True, deterministic=True)
+@pytest.mark.parametrize("backend,dtype", [p for p in BACKEND_DTYPES
+                                           if p.values[1] in (torch.float32, torch.float16)])
+def test_deterministic_backward(backend, dtype):
+    """deterministic=True: the same inputs give bitwise the same gradients (Numba's backward
+    always is; so is its forward)."""
+    device = DEVICES[backend]
+    q = rand(1, 100, 4, 32, dtype=dtype, device=device)
+    k, v = (rand(1, 100, 1, 32, dtype=dtype, device=device) for _ in range(2))
+    check_attention(q, k, v, backend=backend, causal=True, deterministic=True)
     dout = torch.randn(q.shape, device=device).to(dtype)
-    got = run(q, k, v, dout, None, "triton", causal=True, deterministic=True)
-    again = run(q, k, v, dout, None, "triton", causal=True, deterministic=True)
-    for name in ("dq", "dk", "dv"):
+    got = run(q, k, v, dout, None, backend, causal=True, deterministic=True)
+    again = run(q, k, v, dout, None, backend, causal=True, deterministic=True)
+    for name in ("out", "lse", "dq", "dk", "dv"):
         assert torch.equal(got[name], again[name]), name
 
 
@@ -101,18 +129,22 @@ LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", LAYOUTS, ids=str)
-def test_non_contiguous_inputs(layout, device):
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_non_contiguous_inputs(backend, layout):
+    device = DEVICES[backend]
     q = rand(2, 19, 4, 32, dtype=torch.float16, device=device)
     k, v = (rand(2, 23, 2, 32, dtype=torch.float16, device=device) for _ in range(2))
     make = LAYOUTS[layout]
     assert not make(q).is_contiguous()
-    check_attention(q, k, v, causal=True, make_input=make)
+    check_attention(q, k, v, backend=backend, causal=True, make_input=make)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_large_magnitudes(dtype, device):
+@pytest.mark.parametrize("backend,dtype", [p for p in BACKEND_DTYPES
+                                           if p.values[1] in (torch.float32, torch.float16)])
+def test_large_magnitudes(backend, dtype):
     """Scores in the thousands: the online softmax must neither overflow nor lose accuracy
     beyond what a float32 LSE allows (about ulp(|score|), as in flash-attn)."""
+    device = DEVICES[backend]
     scale = 60.0 if dtype == torch.float32 else 12.0  # fp16: its reference must stay finite
     q = rand(1, 33, 2, 32, dtype=dtype, device=device, scale=scale)
     k = rand(1, 33, 2, 32, dtype=dtype, device=device, scale=scale)
@@ -126,14 +158,16 @@ def test_large_magnitudes(dtype, device):
         def floor(name, truth):  # the LSE is off by about ulp; the rest by ulp relative
             return 8 * ulp * (1.0 if name == "lse" else max(1.0, truth.abs().max().item()))
 
-    check_attention(q, k, v, causal=True, floor=floor)
+    check_attention(q, k, v, backend=backend, causal=True, floor=floor)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("varlen", [False, True])
-def test_every_output_element_written(varlen, deterministic, device):
+@pytest.mark.parametrize("backend", BACKEND_NAMES)
+def test_every_output_element_written(backend, varlen, deterministic):
     """Outputs start as NaN; afterwards every element must hold a number (or -inf LSE
     exactly where a row sees no key)."""
+    device, kernels = DEVICES[backend], KERNELS[backend]
     hq, hkv, d = 2, 1, 24
     if varlen:
         lq, lk = [7, 0, 30, 3], [0, 5, 30, 9]
@@ -149,44 +183,31 @@ def test_every_output_element_written(varlen, deterministic, device):
     out = torch.full_like(q, nan)
     lse = torch.full(lse_shape, nan, device=device)
     args = (*cu, *maxes, d ** -0.5, -1, 0, 0.0)  # causal
-    triton_flash.forward(q, k, v, *args, out=out, lse=lse)
+    kernels.forward(q, k, v, *args, out=out, lse=lse)
     assert not out.isnan().any() and not lse.isnan().any()
     assert torch.isinf(lse).any(), "this case has rows that see no key"
     assert (out[(lse == float("-inf")).transpose(-1, -2)] == 0).all()
     grads = [torch.full_like(x, nan) for x in (q, k, v)]
     dout = torch.randn_like(q)
-    triton_flash.backward(dout, None, q, k, v, out, lse, *args, deterministic,
-                          *grads)
+    kernels.backward(dout, None, q, k, v, out, lse, *args, deterministic, *grads)
     for name, g in zip(("dq", "dk", "dv"), grads):
         assert torch.isfinite(g).all(), name
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", ["gqa_odd_lengths", "causal_q_longer", "window_causal",
-                                  "softcap", "head_dim_256"], ids=str)
-def test_dense_bfloat16(case, device):
-    batch, sq, sk, hq, hkv, d, opts = DENSE_CASES[case]
-    q = rand(batch, sq, hq, d, dtype=torch.bfloat16, device=device)
-    k, v = (rand(batch, sk, hkv, d, dtype=torch.bfloat16, device=device) for _ in range(2))
-    check_attention(q, k, v, **opts)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", VARLEN_CASES, ids=str)
-def test_varlen_bfloat16(case, device):
-    lq, lk, opts = VARLEN_CASES[case]
-    q = rand(sum(lq), 4, 64, dtype=torch.bfloat16, device=device)
-    k, v = (rand(sum(lk), 2, 64, dtype=torch.bfloat16, device=device) for _ in range(2))
-    check_attention(q, k, v, varlen=(cu_seqlens(lq, device), cu_seqlens(lk, device), max(lq),
-                                     max(lk)), **opts)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("backend,dtype", [
+    pytest.param("triton", torch.float16, id="triton-float16", marks=GPU_ONLY),
+    pytest.param("triton", torch.bfloat16, id="triton-bfloat16", marks=GPU_ONLY),
+    pytest.param("numba", torch.float32, id="numba-float32"),
+    pytest.param("numba", torch.bfloat16, id="numba-bfloat16")])
 @pytest.mark.parametrize("head_dim,causal,seqlen", [(64, True, 2048), (128, False, 1024),
                                                     (128, True, 4096), (256, True, 1024)])
-def test_real_size(head_dim, causal, seqlen, dtype, device):
-    """Benchmark-sized shapes: many blocks, every autotuned config path."""
-    q = rand(2, seqlen, 8, head_dim, dtype=dtype, device=device)
-    k, v = (rand(2, seqlen, 2, head_dim, dtype=dtype, device=device) for _ in range(2))
-    check_attention(q, k, v, causal=causal)
+def test_real_size(backend, dtype, head_dim, causal, seqlen):
+    """Benchmark-sized shapes: many blocks, every autotuned config path. On CPU (Numba) the
+    float64 truth is the slow part, so the CPU shapes are a quarter of the length."""
+    device = DEVICES[backend]
+    batch = 2
+    if device == "cpu":
+        batch, seqlen = 1, seqlen // 4
+    q = rand(batch, seqlen, 8, head_dim, dtype=dtype, device=device)
+    k, v = (rand(batch, seqlen, 2, head_dim, dtype=dtype, device=device) for _ in range(2))
+    check_attention(q, k, v, backend=backend, causal=causal)

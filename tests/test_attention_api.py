@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attention_helpers import cu_seqlens, rand
+from attention_helpers import DEVICES, cu_seqlens, rand
 from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func, reference
 
 
@@ -112,16 +112,42 @@ def test_varlen_bad_input(case):
 # ------------------------------------------------------------------ backends
 
 
-def test_auto_on_cpu_is_the_reference():
+def test_auto_on_cpu_is_numba(monkeypatch):
+    from kernelsuite.attention import numba_flash
+
+    calls = []
+    forward = numba_flash.forward
+    monkeypatch.setattr(numba_flash, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
     q, k, v = _dense(torch.float32)
-    assert torch.equal(flash_attn_func(q, k, v, causal=True),
-                       reference.flash_attn_func(q, k, v, causal=True))
+    torch.testing.assert_close(flash_attn_func(q, k, v, causal=True),
+                               reference.flash_attn_func(q, k, v, causal=True))
+    assert calls == [1]
 
 
-def test_float64_reference_backend():
+@pytest.mark.parametrize("backend", ["torch", "numba", "auto"])
+def test_float64_backends(backend):
     q, k, v = _dense(torch.float64)
-    out, lse = flash_attn_func(q, k, v, return_lse=True, backend="torch")
+    out, lse = flash_attn_func(q, k, v, return_lse=True, backend=backend)
     assert out.dtype == torch.float64 and lse.dtype == torch.float64
+
+
+def test_numba_needs_cpu_tensors():
+    q, k, v = (x.to("meta") for x in _dense(torch.float32))
+    with pytest.raises(ValueError, match="backend='numba' needs CPU tensors"):
+        flash_attn_func(q, k, v, backend="numba")
+
+
+def test_numba_follows_torch_thread_count():
+    """The Numba backend runs on torch.get_num_threads() threads (capped by numba's pool)."""
+    import numba
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        flash_attn_func(*_dense(torch.float32), backend="numba")
+        assert numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ the reference itself
@@ -164,9 +190,11 @@ def test_reference_row_without_keys_is_zero_with_finite_grads():
 
 
 @pytest.mark.parametrize("varlen", [False, True])
-def test_compile_fullgraph_matches_eager(varlen, device):
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+def test_compile_fullgraph_matches_eager(backend, varlen):
     """The custom ops trace with no graph break (fullgraph=True), forward and backward."""
     torch._dynamo.reset()
+    device = DEVICES[backend]
     if varlen:
         lq, lk = [5, 0, 19], [7, 3, 19]
         q, k, v = (rand(sum(n), 2, 32, dtype=torch.float32, device=device)
@@ -179,7 +207,7 @@ def test_compile_fullgraph_matches_eager(varlen, device):
         attn = flash_attn_func
 
     def step(q, k, v):
-        out, lse = attn(q, k, v, *extra, causal=True, return_lse=True, backend="triton")
+        out, lse = attn(q, k, v, *extra, causal=True, return_lse=True, backend=backend)
         return (out * 2).sum() + lse.clamp_min(-1e4).sum()
 
     results = []
@@ -192,12 +220,13 @@ def test_compile_fullgraph_matches_eager(varlen, device):
         torch.testing.assert_close(compiled, eager)
 
 
-def test_compile_inductor(device):
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+def test_compile_inductor(backend):
     """Inductor fuses the ops around the custom op; the result matches eager."""
     torch._dynamo.reset()
-    q, k, v = _dense(torch.float32, device, sq=17, sk=17)
+    q, k, v = _dense(torch.float32, DEVICES[backend], sq=17, sk=17)
 
     def f(q, k, v):
-        return flash_attn_func(q * 0.5, k, v, causal=True, backend="triton").relu()
+        return flash_attn_func(q * 0.5, k, v, causal=True, backend=backend).relu()
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v), f(q, k, v))

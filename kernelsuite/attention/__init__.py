@@ -1,4 +1,4 @@
-"""Attention: flash-attn's API over Triton kernels and a PyTorch reference."""
+"""Attention: flash-attn's API over Triton (CUDA) and Numba (CPU) kernels and a PyTorch reference."""
 
 from .api import BACKENDS, flash_attn_func, flash_attn_varlen_func
 

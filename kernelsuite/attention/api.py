@@ -1,8 +1,9 @@
 """Public attention functions: input validation, backend choice, autograd, torch.library ops.
 
-Inputs are checked here, once; kernels assume valid inputs. The Triton kernels are reached
-through two torch.library custom ops (forward and backward) with fake implementations and a
-registered autograd formula, so ``torch.compile(fullgraph=True)`` traces through them.
+Inputs are checked here, once; kernels assume valid inputs. The kernels (Triton on
+CUDA, Numba on CPU) are reached through two torch.library custom ops (forward and backward)
+with fake implementations and a registered autograd formula, so
+``torch.compile(fullgraph=True)`` traces through them on either device.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from . import reference
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "numba", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIM_MIN, HEAD_DIM_MAX = 16, 256
 
@@ -55,6 +56,7 @@ def _check_scalars(softmax_scale, causal, window_size, softcap, return_lse, dete
 
 
 def _check_tensors(q, k, v, backend, varlen):
+    """Checks q, k, v against each other and the (resolved) backend."""
     layout = "(total, heads, head_dim)" if varlen else "(batch, seqlen, heads, head_dim)"
     ndim = 3 if varlen else 4
     for name, t in (("q", q), ("k", k), ("v", v)):
@@ -62,9 +64,7 @@ def _check_tensors(q, k, v, backend, varlen):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != ndim:
             raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(t.shape)}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    allowed = KERNEL_DTYPES + ((torch.float64,) if backend == "torch" else ())
+    allowed = KERNEL_DTYPES + ((torch.float64,) if backend in ("torch", "numba") else ())
     if q.dtype not in allowed:
         raise TypeError(f"q.dtype must be one of {[str(d) for d in allowed]} for backend "
                         f"{backend!r}, got {q.dtype}")
@@ -123,20 +123,34 @@ def _check_max_seqlen(name, value, lengths):
         raise ValueError(f"{name} ({value}) is less than the longest sequence ({max(lengths)})")
 
 
-def _resolve_backend(backend, device):
+def _resolve_backend(backend, q):
+    """"auto" is Triton for CUDA tensors, Numba for CPU tensors."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(q, torch.Tensor):
+        return backend  # _check_tensors names the problem
+    device = q.device
     if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+        return "triton" if device.type == "cuda" else "numba"
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
                          f"triton is imported, to interpret on CPU); got tensors on {device}")
+    if backend == "numba" and device.type != "cpu":
+        raise ValueError(f"backend='numba' needs CPU tensors; got tensors on {device}")
     return backend
 
 
 # ----------------------------------------------------------------------------- custom ops
 
 
-def _triton():
-    from . import triton_flash  # imported on first use: "torch" works without triton
+def _kernels(backend):
+    """The kernel module; imported on first use, so each backend works without the other's
+    package."""
+    if backend == "numba":
+        from . import numba_flash
+
+        return numba_flash
+    from . import triton_flash
 
     return triton_flash
 
@@ -145,20 +159,21 @@ def _triton():
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
             max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
-            window_right: int, softcap: float, deterministic: bool
+            window_right: int, softcap: float, deterministic: bool, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _triton().forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                             softmax_scale, window_left, window_right, softcap)
+    return _kernels(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                     max_seqlen_k, softmax_scale, window_left, window_right,
+                                     softcap)
 
 
 @_fwd_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-      window_left, window_right, softcap, deterministic):
+      window_left, window_right, softcap, deterministic, backend):
     if cu_seqlens_q is None:
         lse_shape = (q.shape[0], q.shape[2], q.shape[1])
     else:
         lse_shape = (q.shape[1], q.shape[0])
-    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=reference.lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("kernelsuite::flash_attn_bwd", mutates_args=())
@@ -166,16 +181,16 @@ def _bwd_op(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Te
             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
             max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
-            window_right: int, softcap: float, deterministic: bool
+            window_right: int, softcap: float, deterministic: bool, backend: str
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _triton().backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
-                              max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
-                              window_right, softcap, deterministic)
+    return _kernels(backend).backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                                      max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
+                                      window_right, softcap, deterministic)
 
 
 @_bwd_op.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      softmax_scale, window_left, window_right, softcap, deterministic):
+      softmax_scale, window_left, window_right, softcap, deterministic, backend):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
@@ -191,7 +206,7 @@ def _backward(ctx, dout, dlse):
     if dlse is None:
         dlse = torch.zeros_like(lse)
     dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -208,18 +223,21 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     multiple of heads_kv (GQA/MQA). causal masks are aligned bottom-right; window_size =
     (left, right), -1 unbounded; softcap > 0 applies softcap * tanh(scores / softcap).
     Returns out like q, and the float32 log-sum-exp (batch, heads_q, seqlen_q) when
-    return_lse (its gradient is supported). deterministic=True makes the Triton backward
-    bitwise reproducible (slightly slower). backend: "auto", "triton", "torch".
+    return_lse (its gradient is supported; float64 for float64 inputs). deterministic=True
+    makes the Triton backward bitwise reproducible (slightly slower; Numba's always is).
+    backend: "triton" (CUDA), "numba" (CPU; float64 too), "torch" (the reference, any
+    device, float64 too) or "auto" (Triton on CUDA, Numba on CPU). The Numba backend uses
+    torch.get_num_threads() threads.
     """
+    backend = _resolve_backend(backend, q)
     _check_tensors(q, k, v, backend, varlen=False)
     scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
                                           return_lse, deterministic, q.shape[-1])
-    backend = _resolve_backend(backend, q.device)
     if backend == "torch":
         return reference.flash_attn_func(q, k, v, scale, False, (left, right), float(softcap),
                                          return_lse, deterministic)
     out, lse = _fwd_op(q, k, v, None, None, q.shape[1], k.shape[1], scale, left, right,
-                       float(softcap), deterministic)
+                       float(softcap), deterministic, backend)
     return (out, lse) if return_lse else out
 
 
@@ -234,6 +252,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     the float32 log-sum-exp (heads_q, total_q) when return_lse. Other arguments as
     :func:`flash_attn_func`.
     """
+    backend = _resolve_backend(backend, q)
     _check_tensors(q, k, v, backend, varlen=True)
     scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
                                           return_lse, deterministic, q.shape[-1])
@@ -242,12 +261,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                   batch=cu_seqlens_q.numel() - 1)
     _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q)
     _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k)
-    backend = _resolve_backend(backend, q.device)
     if backend == "torch":
         return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                 max_seqlen_q, max_seqlen_k, scale, False,
                                                 (left, right), float(softcap), return_lse,
                                                 deterministic)
     out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-                       left, right, float(softcap), deterministic)
+                       left, right, float(softcap), deterministic, backend)
     return (out, lse) if return_lse else out

@@ -14,6 +14,11 @@ import math
 import torch
 
 
+def lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The log-sum-exp is float32 (flash-attn), float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device=None) -> torch.Tensor:
     """Bool (seqlen_q, seqlen_k): True where query i may attend to key j.
 
@@ -52,7 +57,7 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     kh = k.transpose(1, 2).repeat_interleave(group, dim=1)
     vh = v.transpose(1, 2).repeat_interleave(group, dim=1)
 
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc_dtype = lse_dtype(q.dtype)
     scores = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype) * softmax_scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)

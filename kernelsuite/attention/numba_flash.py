@@ -1,0 +1,524 @@
+"""Flash attention forward and backward in Numba, for CPU tensors (FlashAttention-2 algorithm).
+
+The same method as the Triton kernels (triton_flash.py), laid out for a CPU:
+
+- Every matrix product goes through one register-blocked microkernel (``_make_tile``): 6 rows
+  of C times one 64-byte vector of columns, the accumulators held in registers across the
+  whole reduction. It is written as LLVM vector IR through numba's ``@intrinsic`` because
+  plain Numba loops cannot hold a tile of accumulators in registers: LLVM either vectorizes
+  the reduction with gathers or spills every accumulator (measured on this project's AVX2
+  box, one core: 4-60 GFLOP/s for the best plain-loop forms, ~90 for this one, 93 for a
+  torch float32 matmul). The vector type is generic LLVM, so it compiles for any CPU.
+- exp2 and tanh are a polynomial plus an exponent bit trick (``_exp2``), so the softmax
+  loops vectorize: Numba has no vector exp without Intel's SVML. float64 uses libm.
+- Scores are kept in log2 units (scale * log2(e) folded in), as in the Triton kernels.
+- forward: parallel over (sequence, query block, head) tasks; each runs the online softmax
+  over the key blocks its rows can see (causal / window blocks outside the band are
+  skipped; only blocks on the band's edge are masked) and never holds more than one
+  (BLOCK_M, BLOCK_N) score tile.
+- backward: recomputes P from the saved LSE; delta = rowsum(dO * O) - dLSE. Parallel over
+  (sequence, kv head, chunk of key blocks); a task owns dK/dV of its key blocks (summing
+  the GQA group's query heads) and adds dQ into its chunk's float32 buffer, so no two
+  threads ever write the same memory. There is one chunk unless there are fewer
+  (sequence, kv head) pairs than threads.
+
+Inputs are first copied to head-major float32 (float64 for float64 inputs) buffers padded
+by one block, so kernels read whole tiles without bounds checks: extra memory is O(seqlen),
+a few times the size of q, k, v. Dense (batch, seqlen, heads, d) inputs are seen as varlen
+with equal lengths. Inputs are assumed valid: the api module checks them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
+
+from .reference import lse_dtype
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+UNBOUNDED = 1 << 30  # an unbounded window side (-1): further than any sequence
+BLOCK_M = 64  # query rows per tile
+BLOCK_N = 64  # keys per tile
+KC = 64  # reduction length per microkernel call: keeps the B panel in L1
+# fast-math without 'nnan'/'ninf': masked scores are -inf and must stay -inf
+FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
+
+
+# ----------------------------------------------------------------------------- microkernel
+
+
+def _make_tile(rows, vector_bytes):
+    """An intrinsic computing one rows x NR tile of C, NR = vector_bytes // itemsize."""
+
+    @intrinsic
+    def tile(typingctx, c, c_off, ldc, a, a_off, sa_m, sa_k, b, b_off, ldb, k, accumulate):
+        """C[i, j] (+)= sum_{p < k} A[i, p] * B[p, j] for i < rows, j < NR, where
+        C[i, j] = c.flat[c_off + i*ldc + j], A[i, p] = a.flat[a_off + i*sa_m + p*sa_k],
+        B[p, j] = b.flat[b_off + p*ldb + j]. Arrays C-contiguous of one float dtype."""
+        ints = (c_off, ldc, a_off, sa_m, sa_k, b_off, ldb, k)
+        if not all(isinstance(t, types.Integer) for t in ints):
+            return None
+        sig = types.void(c, c_off, ldc, a, a_off, sa_m, sa_k, b, b_off, ldb, k, accumulate)
+
+        def codegen(context, builder, signature, args):
+            i64 = ir.IntType(64)
+            c_, a_, b_, accum = args[0], args[3], args[7], args[11]
+            c_off_, ldc_, a_off_, sa_m_, sa_k_, b_off_, ldb_, k_ = (
+                context.cast(builder, args[i], signature.args[i], types.int64)
+                for i in (1, 2, 4, 5, 6, 8, 9, 10))
+            ftype = context.get_value_type(c.dtype)
+            width = vector_bytes // (c.dtype.bitwidth // 8)
+            vtype = ir.VectorType(ftype, width)
+            align = c.dtype.bitwidth // 8
+            cp = context.make_array(c)(context, builder, c_).data
+            ap = context.make_array(a)(context, builder, a_).data
+            bp = context.make_array(b)(context, builder, b_).data
+            fmuladd = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vtype, [vtype] * 3),
+                f"llvm.fmuladd.v{width}f{c.dtype.bitwidth}")
+            zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
+            accumulate_ = context.cast(builder, accum, signature.args[11], types.boolean)
+
+            def vec_ptr(base, offset):
+                return builder.bitcast(builder.gep(base, [offset]), vtype.as_pointer())
+
+            accs = []  # allocas: mem2reg turns them into registers
+            for i in range(rows):
+                slot = cgutils.alloca_once(builder, vtype)
+                ptr = vec_ptr(cp, builder.add(c_off_, builder.mul(ldc_, ir.Constant(i64, i))))
+                with builder.if_else(accumulate_) as (then, otherwise):
+                    with then:
+                        builder.store(builder.load(ptr, align=align), slot)
+                    with otherwise:
+                        builder.store(ir.Constant(vtype, None), slot)
+                accs.append((slot, ptr))
+            with cgutils.for_range(builder, k_) as loop:
+                p = loop.index
+                bvec = builder.load(vec_ptr(bp, builder.add(b_off_, builder.mul(p, ldb_))),
+                                    align=align)
+                a_row = builder.add(a_off_, builder.mul(p, sa_k_))
+                for i, (slot, _) in enumerate(accs):
+                    a_ptr = builder.gep(ap, [builder.add(a_row,
+                                                         builder.mul(sa_m_, ir.Constant(i64, i)))])
+                    one = builder.insert_element(ir.Constant(vtype, ir.Undefined),
+                                                 builder.load(a_ptr), ir.Constant(ir.IntType(32), 0))
+                    splat = builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), zero_mask)
+                    builder.store(builder.call(fmuladd, [splat, bvec, builder.load(slot)]), slot)
+            for slot, ptr in accs:
+                builder.store(builder.load(slot), ptr, align=align)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+# 6 rows x 64 bytes: 12 AVX2 accumulators + 2 for B + 1 broadcast out of 16 registers;
+# 4-row tiles finish the rows and half-width tiles the float32 columns when head_dim % 16 == 8
+_tile6, _tile4 = _make_tile(6, 64), _make_tile(4, 64)
+_tile6_half, _tile4_half = _make_tile(6, 32), _make_tile(4, 32)
+
+
+@njit(cache=True)
+def _gemm(c, c_off, ldc, a, a_off, sa_m, sa_k, b, b_off, ldb, m, n, k, accumulate):
+    """C (m x n) (+)= A (m x k) @ B (k x n), strided as in ``_make_tile``.
+
+    m must be a multiple of 4 and n of half a 64-byte vector; the memory those rounded
+    tiles touch must exist (the callers pad their buffers).
+    """
+    nr = 64 // c.itemsize
+    six = 6 * (m // 6 if m % 6 != 2 else m // 6 - 1)  # rows in 6-row tiles; 4-row tiles after
+    if k == 0:
+        if not accumulate:
+            for i in range(m):
+                for j in range(n):
+                    c.flat[c_off + i * ldc + j] = 0
+        return
+    for p0 in range(0, k, KC):
+        kc = min(KC, k - p0)
+        acc = accumulate or p0 > 0
+        for j in range(0, n, nr):
+            i = 0
+            while i < m:
+                args = (c, c_off + i * ldc + j, ldc, a, a_off + i * sa_m + p0 * sa_k, sa_m, sa_k,
+                        b, b_off + p0 * ldb + j, ldb, kc, acc)
+                if i < six:
+                    if n - j >= nr:
+                        _tile6(*args)
+                    else:
+                        _tile6_half(*args)
+                    i += 6
+                else:
+                    if n - j >= nr:
+                        _tile4(*args)
+                    else:
+                        _tile4_half(*args)
+                    i += 4
+
+
+# ----------------------------------------------------------------------------- exp2, tanh
+
+
+def _exp2_coefficients(degree=6):
+    """Least-squares fit of 2**f on [-0.5, 0.5] at Chebyshev nodes (max rel. error ~2e-8)."""
+    f = 0.5 * np.cos(np.pi * (np.arange(64) + 0.5) / 64)
+    return tuple(np.float32(c) for c in np.polynomial.polynomial.polyfit(f, np.exp2(f), degree))
+
+
+_C0, _C1, _C2, _C3, _C4, _C5, _C6 = _exp2_coefficients()
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    if bits != types.int32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return types.float32(types.int32), codegen
+
+
+def _exp2(x):
+    """2**x; exactly 0 for x < -126.5 (so a masked -inf score gives p = 0)."""
+    return np.exp2(x)
+
+
+def _tanh(x):
+    return np.tanh(x)
+
+
+@overload(_exp2, fastmath=FASTMATH)
+def _exp2_impl(x):
+    if x != types.float32:
+        return lambda x: np.exp2(x)
+
+    def exp2_f32(x):
+        # 2**x = 2**n * 2**f with n = round(x), |f| <= 1/2; 2**n built from its exponent
+        # bits. Below -126.5, n = -127 gives exponent bits 0: the result is exactly 0.
+        xc = min(max(x, np.float32(-127.0)), np.float32(127.0))
+        n = np.floor(xc + np.float32(0.5))
+        f = xc - n
+        p = ((((((_C6 * f + _C5) * f + _C4) * f + _C3) * f + _C2) * f + _C1) * f + _C0)
+        return p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+
+    return exp2_f32
+
+
+@overload(_tanh, fastmath=FASTMATH)
+def _tanh_impl(x):
+    if x != types.float32:
+        return lambda x: np.tanh(x)
+
+    def tanh_f32(x):
+        # 1 - 2 / (e^(2x) + 1): exact limits at +-inf, absolute error ~1e-7 near 0
+        return np.float32(1.0) - np.float32(2.0) / (_exp2(x * np.float32(2.0 * LOG2E))
+                                                   + np.float32(1.0))
+
+    return tanh_f32
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@njit(cache=True)
+def _query_blocks(cu_q, block_m):
+    """(sequence, first row) of every query block. Per sequence the blocks go in zigzag order
+    (0, last, 1, last-1, ...) so the contiguous halves numba gives each thread cost about
+    the same under a causal mask."""
+    n = 0
+    for b in range(cu_q.shape[0] - 1):
+        n += (cu_q[b + 1] - cu_q[b] + block_m - 1) // block_m
+    tasks = np.empty((n, 2), np.int64)
+    t = 0
+    for b in range(cu_q.shape[0] - 1):
+        count = (cu_q[b + 1] - cu_q[b] + block_m - 1) // block_m
+        for i in range(count):
+            blk = i // 2 if i % 2 == 0 else count - 1 - i // 2
+            tasks[t, 0] = b
+            tasks[t, 1] = blk * block_m
+            t += 1
+    return tasks
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _forward(q, kt, v, out, lse, cu_q, cu_k, group, win_left, win_right, cap):
+    """q (Hq, Tq + pad, d) and v (Hkv, Tk + pad, d) head-major, kt (Hkv, d, Tk + pad);
+    writes out (Tq, Hq, d) and lse (Hq, Tq). q comes pre-scaled: scores in log2
+    units are q.k, or cap * tanh(q.k) when cap > 0. Windows are >= 0 (UNBOUNDED for none)."""
+    heads, tq_pad, d = q.shape
+    tk_pad = kt.shape[2]
+    bm, bn = BLOCK_M, BLOCK_N
+    tasks = _query_blocks(cu_q, bm)
+    neg_inf = -np.inf
+    zero, one = np.zeros(1, q.dtype)[0], np.ones(1, q.dtype)[0]  # typed: float32 stays float32
+    for t in prange(tasks.shape[0] * heads):
+        b, i0, h = tasks[t // heads, 0], tasks[t // heads, 1], t % heads
+        kvh = h // group
+        qs, ks = cu_q[b], cu_k[b]
+        ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
+        rows = min(bm, ql - i0)
+        off = kl - ql  # row i sits at key position i + off (bottom-right alignment)
+        lo = max(0, i0 + off - win_left)
+        hi = min(kl, i0 + rows - 1 + off + win_right + 1)
+        s = np.empty((bm, bn), q.dtype)
+        acc = np.zeros((bm, d), q.dtype)
+        m = np.full(bm, neg_inf, q.dtype)
+        den = np.zeros(bm, q.dtype)
+        q_off = (h * tq_pad + qs + i0) * d
+        j = (lo // bn) * bn
+        while j < hi:
+            _gemm(s, 0, bn, q, q_off, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn, d,
+                  False)
+            # only blocks on the band's edge (or past the end) need the mask
+            edge = (j + bn > kl or j < i0 + rows - 1 + off - win_left
+                    or j + bn - 1 > i0 + off + win_right)
+            for r in range(rows):
+                row = s[r]
+                if cap > 0:
+                    for c in range(bn):
+                        row[c] = cap * _tanh(row[c])
+                if edge:
+                    pos = i0 + r + off
+                    for c in range(bn):
+                        if j + c >= kl or j + c < pos - win_left or j + c > pos + win_right:
+                            row[c] = neg_inf
+                m_new = m[r]
+                for c in range(bn):
+                    m_new = max(m_new, row[c])
+                # a row that has seen no key yet keeps p = 0 (exp2(-inf - 0)), not NaN
+                shift = m_new if m_new > neg_inf else zero
+                total = zero
+                for c in range(bn):
+                    p = _exp2(row[c] - shift)
+                    row[c] = p
+                    total += p
+                alpha = _exp2(m[r] - shift)  # online-softmax rescale of what came before
+                den[r] = den[r] * alpha + total
+                m[r] = m_new
+                if alpha != 1:
+                    for c in range(d):
+                        acc[r, c] *= alpha
+            _gemm(acc, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
+                  min(bn, kl - j), True)
+            j += bn
+        for r in range(rows):
+            i = qs + i0 + r
+            if den[r] > 0:
+                inv = one / den[r]
+                for c in range(d):
+                    out[i, h, c] = acc[r, c] * inv
+                lse[h, i] = (m[r] + np.log2(den[r])) * LN2
+            else:  # sees no key
+                for c in range(d):
+                    out[i, h, c] = 0
+                lse[h, i] = neg_inf
+
+
+@njit(parallel=True, cache=True, fastmath=FASTMATH)
+def _backward(q, k, kt, vt, do, lse2, delta, dq_part, dk, dv, cu_q, cu_k, group, win_left,
+              win_right, cap, dk_scale):
+    """q (pre-scaled as in _forward), do (Hq, Tq + pad, d) and k (Hkv, Tk + pad, d) head-major;
+    kt, vt (Hkv, d, Tk + pad);
+    lse2 (Hq, Tq) the LSE in log2 units (+inf where a row sees no key, so p = 0); delta
+    (Hq, Tq) = rowsum(dO * O) - dLSE. Adds dS @ K (dQ up to the softmax scale) into dq_part
+    (chunks, Hq, Tq + pad, d), zeroed by the caller; writes dk (dS^T Q * dk_scale), dv
+    (Tk, Hkv, d)."""
+    heads_kv, tk_pad, d = k.shape
+    tq_pad = q.shape[1]
+    chunks = dq_part.shape[0]
+    bm, bn = BLOCK_M, BLOCK_N
+    for t in prange((cu_q.shape[0] - 1) * heads_kv * chunks):
+        chunk, kvh, b = t % chunks, (t // chunks) % heads_kv, t // (chunks * heads_kv)
+        qs, ks = cu_q[b], cu_k[b]
+        ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
+        off = kl - ql
+        p = np.empty((bm, bn), q.dtype)
+        ds = np.empty((bm, bn), q.dtype)
+        dq_tile = np.empty((bm, d), q.dtype)
+        dk_acc = np.empty((bn, d), q.dtype)
+        dv_acc = np.empty((bn, d), q.dtype)
+        # a chunk takes every chunks-th key block: under a causal mask they cost about the same
+        for j in range(chunk * bn, kl, chunks * bn):
+            cols = min(bn, kl - j)
+            k_off = kvh * d * tk_pad + ks + j  # into kt, vt
+            dk_acc[:] = 0
+            dv_acc[:] = 0
+            # query rows that see some key of this block
+            lo = max(0, j - off - win_right)
+            hi = min(ql, j + cols - 1 - off + win_left + 1)
+            for h in range(kvh * group, (kvh + 1) * group):
+                i0 = (lo // bm) * bm
+                while i0 < hi:
+                    rows = min(bm, ql - i0)
+                    q_off = (h * tq_pad + qs + i0) * d
+                    _gemm(p, 0, bn, q, q_off, d, 1, kt, k_off, tk_pad, bm, bn, d, False)
+                    _gemm(ds, 0, bn, do, q_off, d, 1, vt, k_off, tk_pad, bm, bn, d, False)
+                    edge = (j + bn > kl or j < i0 + rows - 1 + off - win_left
+                            or j + bn - 1 > i0 + off + win_right)
+                    for r in range(rows):
+                        l2 = lse2[h, qs + i0 + r]
+                        dl = delta[h, qs + i0 + r]
+                        prow, dsrow = p[r], ds[r]
+                        if cap > 0:
+                            for c in range(bn):
+                                th = _tanh(prow[c])
+                                pc = _exp2(cap * th - l2)
+                                prow[c] = pc
+                                dsrow[c] = pc * (dsrow[c] - dl) * (1 - th * th)
+                        else:
+                            for c in range(bn):
+                                pc = _exp2(prow[c] - l2)
+                                prow[c] = pc
+                                dsrow[c] = pc * (dsrow[c] - dl)
+                        if edge:
+                            pos = i0 + r + off
+                            for c in range(bn):
+                                if j + c >= kl or j + c < pos - win_left or j + c > pos + win_right:
+                                    prow[c] = 0
+                                    dsrow[c] = 0
+                    # dV += P^T dO; dK += dS^T Q; dQ tile = dS K (rows past the sequence end
+                    # are never added: they belong to the next sequence)
+                    _gemm(dv_acc, 0, d, p, 0, 1, bn, do, q_off, d, bn, d, rows, True)
+                    _gemm(dk_acc, 0, d, ds, 0, 1, bn, q, q_off, d, bn, d, rows, True)
+                    _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d, bm, d,
+                          cols, False)
+                    for r in range(rows):
+                        for c in range(d):
+                            dq_part[chunk, h, qs + i0 + r, c] += dq_tile[r, c]
+                    i0 += bm
+            for r in range(cols):
+                for c in range(d):
+                    dk[ks + j + r, kvh, c] = dk_acc[r, c] * dk_scale
+                    dv[ks + j + r, kvh, c] = dv_acc[r, c]
+
+
+# ----------------------------------------------------------------------------- launch
+
+
+def _set_threads():
+    """Numba uses as many threads as torch does (torch.set_num_threads sets both)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
+
+def _head_major(x, dtype, transposed=False, scale=1.0):
+    """scale * x (T, H, d) -> numpy (H, T + pad, d), or (H, d, T + pad) when transposed;
+    zero padded."""
+    total, heads, d = x.shape
+    pad = max(BLOCK_M, BLOCK_N)
+    if transposed:
+        buf = torch.zeros((heads, d, total + pad), dtype=dtype)
+        buf[:, :, :total] = x.permute(1, 2, 0)
+    else:
+        buf = torch.zeros((heads, total + pad, d), dtype=dtype)
+        buf[:, :total] = x.transpose(0, 1)
+    if scale != 1.0:
+        buf.mul_(scale)
+    return buf.numpy()
+
+
+class _Problem:
+    """Shared view of one attention call: varlen layout (dense is batch x equal lengths)."""
+
+    def __init__(self, q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left,
+                 window_right, softcap):
+        self.varlen = cu_seqlens_q is not None
+        self.q_shape, self.k_shape = q.shape, k.shape
+        if self.varlen:
+            self.cu_q = cu_seqlens_q.to(torch.int64).numpy()
+            self.cu_k = cu_seqlens_k.to(torch.int64).numpy()
+        else:
+            batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+            self.cu_q = np.arange(batch + 1, dtype=np.int64) * seqlen_q
+            self.cu_k = np.arange(batch + 1, dtype=np.int64) * seqlen_k
+        self.dtype = lse_dtype(q.dtype)  # compute in float64 or float32
+        ftype = np.float64 if self.dtype == torch.float64 else np.float32
+        self.heads_q, self.heads_kv, self.head_dim = q.shape[-2], k.shape[-2], q.shape[-1]
+        self.group = self.heads_q // self.heads_kv
+        self.window = (UNBOUNDED if window_left < 0 else window_left,
+                       UNBOUNDED if window_right < 0 else window_right)
+        # q is multiplied by qk_scale once, so that q.k is the score in log2 units, or with
+        # softcap its tanh argument: scores = softcap * tanh(qk * scale / softcap)
+        if softcap > 0:
+            self.qk_scale, self.cap = softmax_scale / softcap, ftype(softcap * LOG2E)
+        else:
+            self.qk_scale, self.cap = softmax_scale * LOG2E, ftype(0.0)
+        self.scale = softmax_scale
+
+    def tokens(self, x):
+        """(T, H, d) view (or copy) of a dense or varlen tensor."""
+        return x.reshape(-1, x.shape[-2], x.shape[-1])
+
+    def lse_out(self, lse):
+        """(Hq, Tq) -> the public LSE layout: (batch, Hq, seqlen) dense, as is varlen."""
+        if self.varlen:
+            return lse
+        batch, seqlen = self.q_shape[0], self.q_shape[1]
+        return lse.reshape(self.heads_q, batch, seqlen).transpose(0, 1)
+
+
+@torch.no_grad()
+def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+            window_left, window_right, softcap, out=None, lse=None):
+    """Returns (out, lse); lse (batch, heads, seqlen_q) or (heads, total_q), float32 (float64
+    for float64 inputs, as the reference). out and
+    lse may be given (contiguous, those shapes): tests poison them to check every write."""
+    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left, window_right,
+                 softcap)
+    _set_threads()
+    qt, kt_, vt_ = P.tokens(q), P.tokens(k), P.tokens(v)
+    out_t = torch.empty(qt.shape, dtype=P.dtype)
+    lse_t = torch.empty((P.heads_q, qt.shape[0]), dtype=lse_dtype(q.dtype))
+    _forward(_head_major(qt, P.dtype, scale=P.qk_scale),
+             _head_major(kt_, P.dtype, transposed=True), _head_major(vt_, P.dtype),
+             out_t.numpy(), lse_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.cap)
+    out_t = out_t.reshape(q.shape).to(q.dtype)
+    lse_t = P.lse_out(lse_t)
+    if out is not None:
+        out_t = out.copy_(out_t)
+    if lse is not None:
+        lse_t = lse.copy_(lse_t)
+    return out_t, lse_t.contiguous()
+
+
+@torch.no_grad()
+def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+             max_seqlen_k, softmax_scale, window_left, window_right, softcap, deterministic,
+             dq=None, dk=None, dv=None):
+    """Returns (dq, dk, dv); dlse (the gradient of the returned LSE) may be None. Always
+    deterministic: every output element is summed by one thread in a fixed order."""
+    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left, window_right,
+                 softcap)
+    _set_threads()
+    qt, kt_, vt_, ot, dot = (P.tokens(x) for x in (q, k, v, out, dout))
+    lse_t = lse if P.varlen else lse.transpose(0, 1).reshape(P.heads_q, -1)  # (Hq, Tq)
+    delta = (dot.to(P.dtype) * ot.to(P.dtype)).sum(-1).transpose(0, 1)
+    if dlse is not None:
+        delta = delta - (dlse if P.varlen else dlse.transpose(0, 1).reshape(P.heads_q, -1))
+    lse2 = torch.where(lse_t == -torch.inf, torch.inf, lse_t.double() * LOG2E).to(P.dtype)
+    pairs = (len(P.cu_q) - 1) * P.heads_kv
+    blocks = max(1, math.ceil(kt_.shape[0] / BLOCK_N))
+    chunks = max(1, min(blocks, math.ceil(numba.get_num_threads() / max(1, pairs))))
+    q_hm = _head_major(qt, P.dtype, scale=P.qk_scale)
+    dq_part = np.zeros((chunks,) + q_hm.shape, q_hm.dtype)
+    dk_t = torch.empty(kt_.shape, dtype=P.dtype)
+    dv_t = torch.empty(vt_.shape, dtype=P.dtype)
+    _backward(q_hm, _head_major(kt_, P.dtype), _head_major(kt_, P.dtype, transposed=True),
+              _head_major(vt_, P.dtype, transposed=True), _head_major(dot, P.dtype),
+              lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(), dq_part,
+              dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.cap,
+              q_hm.dtype.type(P.scale / P.qk_scale))
+    dq_t = torch.from_numpy(dq_part).sum(0)[:, :qt.shape[0]].transpose(0, 1) * P.scale
+    results = []
+    for grad, given, like in ((dq_t, dq, q), (dk_t, dk, k), (dv_t, dv, v)):
+        grad = grad.reshape(like.shape).to(like.dtype)
+        results.append(grad if given is None else given.copy_(grad))
+    return tuple(results)

@@ -1,0 +1,77 @@
+"""The Numba attention backend's building blocks, checked on their own: the matrix-product
+microkernel (every tile shape and stride the kernels use) and the vectorizable exp2/tanh."""
+
+import numpy as np
+import pytest
+from numba import njit
+
+from kernelsuite.attention import numba_flash as nf
+
+
+@njit
+def _call_gemm(c, a, b, m, n, k, sa_m, sa_k, accumulate):
+    nf._gemm(c, 0, c.shape[1], a, 0, sa_m, sa_k, b, 0, b.shape[1], m, n, k, accumulate)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m", [4, 8, 12, 20, 64])
+@pytest.mark.parametrize("n", [8, 16, 24, 64])
+def test_gemm_matches_numpy(dtype, m, n):
+    rng = np.random.default_rng(m * 100 + n)
+    if dtype == np.float64 and n % 8:
+        pytest.skip("float64 tiles are 8 wide")
+    for k in (0, 1, 5, 64, 130):
+        for transposed in (False, True):
+            # A given as (m, k) rows, or read through its transpose (as dS^T and P^T are)
+            store = rng.standard_normal((k, m) if transposed else (m, k)).astype(dtype)
+            a = store.T if transposed else store
+            b = rng.standard_normal((k, n + 3)).astype(dtype)  # row stride != n
+            for accumulate in (False, True):
+                c = rng.standard_normal((m, n)).astype(dtype)
+                expect = a.astype(np.float64) @ b[:, :n] + (c if accumulate else 0)
+                sa_m, sa_k = (1, m) if transposed else (k, 1)
+                _call_gemm(c, np.ascontiguousarray(store), b, m, n, k, sa_m, sa_k, accumulate)
+                tol = 1e-4 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(c, expect, rtol=tol, atol=tol * max(1, k),
+                                           err_msg=f"k={k} transposed={transposed}")
+
+
+@njit
+def _map(fn, x):
+    out = np.empty_like(x)
+    for i in range(x.size):
+        out[i] = fn(x[i])
+    return out
+
+
+@njit
+def _exp2_all(x):
+    return _map(nf._exp2, x)
+
+
+@njit
+def _tanh_all(x):
+    return _map(nf._tanh, x)
+
+
+def test_exp2_float32():
+    x = np.concatenate([np.linspace(-130, 30, 200_001), [-np.inf, -127.0, -126.6, 0.0]])
+    x = x.astype(np.float32)
+    got, want = _exp2_all(x).astype(np.float64), np.exp2(x.astype(np.float64))
+    normal = want >= 2.0 ** -126
+    assert np.max(np.abs(got[normal] - want[normal]) / want[normal]) < 3e-7
+    assert (got[x < -126.5] == 0).all(), "masked (-inf) scores must give p = exactly 0"
+    assert got[-1] == 1.0
+
+
+def test_tanh_float32():
+    x = np.concatenate([np.linspace(-30, 30, 100_001), [-np.inf, np.inf]]).astype(np.float32)
+    got = _tanh_all(x).astype(np.float64)
+    assert np.max(np.abs(got - np.tanh(x.astype(np.float64)))) < 3e-7
+    assert got[-2] == -1 and got[-1] == 1
+
+
+def test_float64_is_full_precision():
+    x = np.linspace(-50, 5, 1001)
+    np.testing.assert_allclose(_exp2_all(x), np.exp2(x), rtol=1e-15, atol=0)
+    np.testing.assert_allclose(_tanh_all(x), np.tanh(x), rtol=1e-15, atol=0)
