@@ -55,11 +55,11 @@ def _tanh_all(x):
 
 
 def test_exp2_float32():
-    x = np.concatenate([np.linspace(-130, 30, 200_001), [-np.inf, -127.0, -126.6, 0.0]])
+    x = np.concatenate([np.linspace(-130, 100, 200_001), [-np.inf, -127.0, -126.6, 0.0]])
     x = x.astype(np.float32)
     got, want = _exp2_all(x).astype(np.float64), np.exp2(x.astype(np.float64))
     normal = want >= 2.0 ** -126
-    assert np.max(np.abs(got[normal] - want[normal]) / want[normal]) < 3e-7
+    assert np.max(np.abs(got[normal] - want[normal]) / want[normal]) < 4e-7
     assert (got[x < -126.5] == 0).all(), "masked (-inf) scores must give p = exactly 0"
     assert got[-1] == 1.0
 
