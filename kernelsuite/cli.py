@@ -9,13 +9,13 @@ import sys
 def _bench(args) -> int:
     import torch
 
-    from .harness.cases import get_cases
+    from .harness.cases import get_cases, get_notes
     from .harness.run import format_table, run_cases
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cases = get_cases(args.kernels, device, quick=not args.all)
     df = run_cases(cases, device, impls=args.impl)
-    table = format_table(df)
+    table = "\n\n".join([format_table(df)] + get_notes(args.kernels, device))
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as f:

@@ -78,3 +78,30 @@ def test_cli_bench_prints_a_table(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "device:" in out and "sdpa_flash" in out and "fwd_bwd" in out
     assert csv.read_text().count("\n") == len(get_cases(["attention"], "cpu")) + 1
+
+
+def test_peak_cpu_bytes_sees_an_allocation():
+    from kernelsuite.harness.timing import peak_cpu_bytes
+
+    big = peak_cpu_bytes(lambda: torch.ones(50_000_000).sum())  # 200 MB, freed at once
+    small = peak_cpu_bytes(lambda: torch.ones(1000).sum())
+    if big is None:
+        pytest.skip("no /proc/self/clear_refs here")
+    assert 150 * 2**20 < big < 400 * 2**20
+    assert small < 20 * 2**20
+
+
+def test_cpu_fraction_is_of_the_measured_matmul_rate():
+    from kernelsuite.harness.devices import cpu_matmul_flops, peaks
+
+    rate = cpu_matmul_flops(torch.get_num_threads())
+    assert peaks("cpu") == (rate, None) and 1e9 < rate < 1e14
+
+
+@pytest.mark.slow
+def test_numba_compile_is_cached_across_processes():
+    """cache=True: a second process loads the compiled kernels instead of compiling."""
+    from kernelsuite.harness.attention_cases import numba_first_call_seconds
+
+    cold, warm = numba_first_call_seconds()
+    assert warm < cold / 5, (cold, warm)

@@ -2,11 +2,16 @@
 
 GPU sweep (issue 2): batch * seqlen = 16k tokens, heads * head_dim = 2048, head_dim 64 and
 128, causal and not, seqlen 512 to 16k, bf16 and fp16, forward and forward + backward.
-CPU sweep: float32 at sizes a 2-core machine finishes in a minute.
+CPU sweep (issue 3): float32, batch 1, 8 heads, head_dim 64 and 128, seqlen 512 to 4096,
+causal and not, forward and forward + backward: the Numba kernels against torch SDPA.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from functools import lru_cache
 from types import SimpleNamespace
 
@@ -14,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..attention import flash_attn_func
-from .cases import Case, register
+from .cases import Case, register, register_notes
 
 # FLOPs of the backward relative to the forward (DESIGN.md)
 BWD_FACTOR = 2.5
@@ -89,17 +94,20 @@ def _sdpa_works(backend, device, dtype) -> bool:
 
 
 def implementations(device, dtype, reference_fits):
+    """Ours (Triton on CUDA, Numba on CPU), the reference and SDPA's math backend where their
+    O(seqlen^2) memory fits, and every other SDPA backend that runs here."""
     from torch.nn.attention import SDPBackend
 
-    impls = {}
-    if torch.device(device).type == "cuda":
-        impls["triton"] = _ours("triton")
+    impls = {"triton" if torch.device(device).type == "cuda" else "numba":
+             _ours("triton" if torch.device(device).type == "cuda" else "numba")}
     if reference_fits:
         impls["torch"] = _ours("torch")
     for name, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION),
                           ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
                           ("sdpa_math", SDPBackend.MATH)]:
+        if name == "sdpa_math" and not reference_fits:
+            continue
         if _sdpa_works(backend, device, dtype):
             impls[name] = _sdpa(backend)
     return impls
@@ -146,15 +154,52 @@ def cases(device: str, quick: bool) -> list[Case]:
         head_dims = [128] if quick else [64, 128]
         seqlens = [1024, 4096, 16384] if quick else [512, 1024, 2048, 4096, 8192, 16384]
     else:
-        tokens, hidden, budget = 2048, 512, 2**30
-        dtypes, head_dims = [torch.float32], [64]
-        seqlens = [512, 2048] if quick else [256, 512, 1024, 2048]
+        dtypes = [torch.float32]
+        head_dims = [64] if quick else [64, 128]
+        seqlens = [512, 2048] if quick else [512, 1024, 2048, 4096]
     for backward in (False, True):
         for dtype in dtypes:
             for head_dim in head_dims:
                 for causal in (False, True):
                     for seqlen in seqlens:
-                        out.append(make_case(device, tokens // seqlen, seqlen,
-                                             hidden // head_dim, head_dim, causal, dtype,
-                                             backward, budget))
+                        if torch.device(device).type == "cuda":
+                            batch, heads = tokens // seqlen, hidden // head_dim
+                        else:
+                            batch, heads, budget = 1, 8, 2**30
+                        out.append(make_case(device, batch, seqlen, heads, head_dim, causal,
+                                             dtype, backward, budget))
     return out
+
+
+# A fresh process: imports, then time the first Numba forward + backward (float32, causal),
+# called directly: the API's first call also pays torch's one-time custom-op setup (~1.5 s).
+_FIRST_CALL = """
+import time, torch
+from kernelsuite.attention import numba_flash as nf
+q = torch.randn(1, 256, 2, 64)
+args = (None, None, 256, 256, 0.125, -1, 0, 0.0)
+t0 = time.perf_counter()
+out, lse = nf.forward(q, q, q, *args)
+nf.backward(q, None, q, q, q, out, lse, *args, False)
+print(time.perf_counter() - t0)
+"""
+
+
+def numba_first_call_seconds() -> tuple[float, float]:
+    """(cold, warm): the first Numba forward + backward in a new process with an empty
+    compilation cache (everything is compiled), then in another process that finds the
+    cache the first one wrote (cache=True: loading, no compiling)."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        return tuple(float(subprocess.run([sys.executable, "-c", _FIRST_CALL], env=env,
+                                          check=True, capture_output=True, text=True
+                                          ).stdout.split()[-1]) for _ in range(2))
+
+
+@register_notes("attention")
+def notes(device: str) -> list[str]:
+    if torch.device(device).type != "cpu":
+        return []
+    cold, warm = numba_first_call_seconds()
+    return [f"Numba first call (forward + backward, float32) in a new process: {cold:.1f} s "
+            f"with an empty cache (JIT compile), {warm:.2f} s once the cache is written."]

@@ -34,6 +34,8 @@ class Case:
 
 
 REGISTRY: dict[str, Callable[[str, bool], list[Case]]] = {}
+# kernel -> fn(device) -> lines printed under the benchmark table (e.g. compile times)
+NOTES: dict[str, Callable[[str], list[str]]] = {}
 
 
 def register(kernel: str):
@@ -41,6 +43,18 @@ def register(kernel: str):
         REGISTRY[kernel] = fn
         return fn
     return deco
+
+
+def register_notes(kernel: str):
+    def deco(fn):
+        NOTES[kernel] = fn
+        return fn
+    return deco
+
+
+def get_notes(kernels=None, device: str = "cpu") -> list[str]:
+    _load()
+    return [line for k in (kernels or list(NOTES)) if k in NOTES for line in NOTES[k](device)]
 
 
 def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Case]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from functools import lru_cache
 
 import torch
 
@@ -31,8 +32,20 @@ def device_name(device: str) -> str:
     return cpu_name()
 
 
-def peaks(device: str) -> tuple[float, float] | None:
-    """(FLOP/s, bytes/s) for known GPUs, else None."""
+@lru_cache(maxsize=None)
+def cpu_matmul_flops(threads: int) -> float:
+    """float32 FLOP/s of a 2048^3 torch matmul on this CPU with this many threads: the rate
+    CPU kernels are measured against (a CPU has no single datasheet peak we can trust)."""
+    from .timing import time_cpu
+
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    return 2 * 2048 ** 3 / time_cpu(lambda: a @ b, min_time_s=1.0).median_s
+
+
+def peaks(device: str) -> tuple[float, float | None] | None:
+    """(FLOP/s, bytes/s) for known GPUs; on CPU (measured float32 matmul FLOP/s, None)."""
+    if torch.device(device).type == "cpu":
+        return cpu_matmul_flops(torch.get_num_threads()), None
     name = device_name(device)
     for fragment, value in PEAKS.items():
         if fragment in name:

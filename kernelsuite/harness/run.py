@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pandas as pd
 import torch
 
 from .cases import ALTERNATIVE_PREFIX, Case
 from .devices import device_name, peaks
-from .timing import peak_cuda_bytes, time_fn
+from .timing import peak_cpu_bytes, peak_cuda_bytes, time_fn
 
 
 def measure(case: Case, impl: str, device: str) -> dict:
@@ -25,13 +26,19 @@ def measure(case: Case, impl: str, device: str) -> dict:
                **case.params, median_ms=timing.median_s * 1e3, q20_ms=timing.q20_s * 1e3,
                q80_ms=timing.q80_s * 1e3, runs=timing.runs, threads=timing.threads,
                tflops=case.flops / timing.median_s / 1e12,
+               gflops=case.flops / timing.median_s / 1e9,
                gbps=case.bytes / timing.median_s / 1e9)
     peak = peaks(device)
-    # fraction of the roofline floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth)
-    row["frac_peak"] = (max(case.flops / peak[0], case.bytes / peak[1]) / timing.median_s
-                        if peak else None)
-    row["peak_mem_mb"] = (peak_cuda_bytes(fn) / 2**20
-                          if torch.device(device).type == "cuda" else None)
+    # fraction of the roofline floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth); on
+    # CPU the peak is the measured float32 matmul rate (and no bandwidth term)
+    if peak:
+        floor_s = max(case.flops / peak[0], case.bytes / peak[1] if peak[1] else 0.0)
+        row["frac_peak"] = floor_s / timing.median_s
+    else:
+        row["frac_peak"] = None
+    cuda = torch.device(device).type == "cuda"
+    peak_bytes = peak_cuda_bytes(fn) if cuda else peak_cpu_bytes(fn)
+    row["peak_mem_mb"] = None if peak_bytes is None else peak_bytes / 2**20
     return row
 
 
@@ -60,7 +67,7 @@ def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-COLUMNS = ["case", "impl", "median_ms", "tflops", "frac_peak", "vs_best_alt", "vs_reference",
+COLUMNS = ["case", "impl", "median_ms", "RATE", "frac_peak", "vs_best_alt", "vs_reference",
            "peak_mem_mb"]
 
 
@@ -68,8 +75,31 @@ def format_table(df: pd.DataFrame) -> str:
     """A Markdown table naming the device (and CPU threads) it was measured on."""
     if df.empty:
         return "(no cases)"
-    cols = [c for c in COLUMNS if c in df and df[c].notna().any()]
-    devices = ", ".join(sorted(df.device.unique()))
     threads = df.threads.dropna().unique()
-    head = f"device: {devices}" + (f"; torch threads: {int(threads[0])}" if len(threads) else "")
-    return head + "\n\n" + df[cols].to_markdown(index=False, floatfmt=".3g")
+    # CPUs in GFLOP/s, GPUs in TFLOP/s
+    rate = "gflops" if len(threads) else "tflops"
+    cols = [rate if c == "RATE" else c for c in COLUMNS]
+    cols = [c for c in cols if c in df and df[c].notna().any()]
+    devices = ", ".join(sorted(df.device.unique()))
+    head = f"device: {devices}"
+    if len(threads):
+        matmul = (df.gflops / df.frac_peak).median()  # the rate frac_peak was taken against
+        head += (f"; threads: {int(threads[0])} (torch and numba); frac_peak = share of the "
+                 f"float32 matmul rate measured in the run, {matmul:.0f} GFLOP/s; "
+                 "peak_mem_mb = resident-set growth during one call")
+    table = df[cols].to_markdown(index=False, floatfmt=".3g")
+    return head + "\n\n" + table + "\n\n" + summary(df)
+
+
+def summary(df: pd.DataFrame, by=("mode", "causal")) -> str:
+    """Geometric mean of vs_best_alt per implementation over each group of cases (e.g.
+    forward causal): the single ratio a sweep is judged by."""
+    df = df[df.vs_best_alt.notna() & ~df.impl.str.startswith(ALTERNATIVE_PREFIX)]
+    keys = [k for k in by if k in df]
+    if df.empty:
+        return ""
+    groups = df.groupby(["impl"] + keys).vs_best_alt
+    out = groups.apply(lambda r: float(np.exp(np.log(r).mean()))).rename("geomean_vs_best_alt")
+    count = groups.size().rename("cases")
+    return pd.concat([out, count], axis=1).reset_index().to_markdown(index=False,
+                                                                     floatfmt=".3g")

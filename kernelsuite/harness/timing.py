@@ -7,6 +7,8 @@ warm-up, with torch's thread count recorded.
 
 from __future__ import annotations
 
+import ctypes
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -91,3 +93,24 @@ def peak_cuda_bytes(fn) -> int:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+) kB", f.read()).group(1))
+
+
+def peak_cpu_bytes(fn) -> int | None:
+    """Growth of the resident set during one call (Linux: the high-water mark is reset
+    through /proc/self/clear_refs). Free heap memory is returned to the OS first
+    (malloc_trim), so allocations the call makes show up even when they reuse the heap.
+    None where the kernel does not offer this."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kb("VmRSS")
+        fn()
+        return max(0, _status_kb("VmHWM") - before) * 1024
+    except (OSError, AttributeError):
+        return None
