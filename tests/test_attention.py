@@ -24,6 +24,7 @@ BACKEND_DTYPES = [
     pytest.param("numba", torch.float64, id="numba-float64"),
 ]
 BACKEND_NAMES = [pytest.param(name, id=name) for name in KERNELS]
+FP32_FP16 = [p for p in BACKEND_DTYPES if p.values[1] in (torch.float32, torch.float16)]
 
 
 # (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, options)
@@ -102,8 +103,7 @@ def test_lse_gradient(backend, varlen, deterministic):
                         deterministic=deterministic)
 
 
-@pytest.mark.parametrize("backend,dtype", [p for p in BACKEND_DTYPES
-                                           if p.values[1] in (torch.float32, torch.float16)])
+@pytest.mark.parametrize("backend,dtype", FP32_FP16)
 def test_deterministic_backward(backend, dtype):
     """deterministic=True: the same inputs give bitwise the same gradients (Numba's backward
     always is; so is its forward)."""
@@ -139,8 +139,7 @@ def test_non_contiguous_inputs(backend, layout):
     check_attention(q, k, v, backend=backend, causal=True, make_input=make)
 
 
-@pytest.mark.parametrize("backend,dtype", [p for p in BACKEND_DTYPES
-                                           if p.values[1] in (torch.float32, torch.float16)])
+@pytest.mark.parametrize("backend,dtype", FP32_FP16)
 def test_large_magnitudes(backend, dtype):
     """Scores in the thousands: the online softmax must neither overflow nor lose accuracy
     beyond what a float32 LSE allows (about ulp(|score|), as in flash-attn)."""

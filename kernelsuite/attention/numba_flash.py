@@ -254,6 +254,21 @@ def _query_blocks(cu_q, block_m):
     return tasks
 
 
+@njit(cache=True, inline="always")
+def _on_edge(j, bn, kl, i0, rows, off, win_left, win_right):
+    """Whether key block [j, j + bn) needs the mask for query rows i0 .. i0 + rows - 1: it
+    crosses the end of the keys or an edge of the visible band (blocks wholly outside the
+    band are never visited)."""
+    return (j + bn > kl or j < i0 + rows - 1 + off - win_left
+            or j + bn - 1 > i0 + off + win_right)
+
+
+@njit(cache=True, inline="always")
+def _hidden(col, pos, kl, win_left, win_right):
+    """Whether key col is masked for the query at key position pos."""
+    return col >= kl or col < pos - win_left or col > pos + win_right
+
+
 @njit(cache=True)
 def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
     """dst[:rows] = scale * x's rows row0.. of head h (x flat: element (t, h, c) at
@@ -271,8 +286,9 @@ def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
 def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_right,
              qk_scale, cap, bm):
     """out (Tq, Hq, d) and lse (Hq, Tq) from q flat (element (t, h, c) at t*q_st + h*q_sh + c),
-    kt (Hkv, d, Tk + BLOCK_N) and v (Hkv, Tk + BLOCK_N, d) (see _head_major). q.k * qk_scale is the score in
-    log2 units, or its softcap tanh argument when cap > 0 (scores = cap * tanh(...)).
+    kt (Hkv, d, Tk + BLOCK_N) and v (Hkv, Tk + BLOCK_N, d) (see _head_major). q.k * qk_scale
+    is the score in log2 units, or its softcap tanh argument when cap > 0 (scores =
+    cap * tanh(...)).
     Windows are >= 0 (UNBOUNDED for none). bm: query rows per task, a multiple of 4."""
     heads, d = out.shape[1], out.shape[2]
     tk_pad = kt.shape[2]
@@ -299,9 +315,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
         while j < hi:
             _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn, d,
                   False)
-            # only blocks on the band's edge (or past the end) need the mask
-            edge = (j + bn > kl or j < i0 + rows - 1 + off - win_left
-                    or j + bn - 1 > i0 + off + win_right)
+            edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
             for r in range(rows):
                 row = s[r]
                 if cap > 0:
@@ -310,7 +324,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 if edge:
                     pos = i0 + r + off
                     for c in range(bn):
-                        if j + c >= kl or j + c < pos - win_left or j + c > pos + win_right:
+                        if _hidden(j + c, pos, kl, win_left, win_right):
                             row[c] = neg_inf
                 m_new = m[r]
                 for c in range(bn):
@@ -385,8 +399,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                     _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h, 1)
                     _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, bm, bn, d, False)
                     _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, bm, bn, d, False)
-                    edge = (j + bn > kl or j < i0 + rows - 1 + off - win_left
-                            or j + bn - 1 > i0 + off + win_right)
+                    edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                     for r in range(rows):
                         l2 = lse2[h, qs + i0 + r]
                         dl = delta[h, qs + i0 + r]
@@ -405,7 +418,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                         if edge:
                             pos = i0 + r + off
                             for c in range(bn):
-                                if j + c >= kl or j + c < pos - win_left or j + c > pos + win_right:
+                                if _hidden(j + c, pos, kl, win_left, win_right):
                                     prow[c] = 0
                                     dsrow[c] = 0
                     # dV += P^T dO; dK += dS^T Q; dQ tile = dS K (rows past the sequence end
@@ -536,8 +549,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
         out_t = out.view(qt.shape)  # written in place
     else:
         out_t = torch.empty(qt.shape, dtype=P.dtype)
-    lse_t = torch.empty((P.heads_q, qt.shape[0]), dtype=P.dtype if P.dtype == torch.float64
-                        else torch.float32)
+    lse_t = torch.empty((P.heads_q, qt.shape[0]), dtype=P.dtype)  # = lse_dtype(q.dtype)
     # no mask: taller query blocks load each K/V block for more rows
     block_m = 2 * BLOCK_M if P.window == (UNBOUNDED, UNBOUNDED) else BLOCK_M
     _forward(*P.flat(qt), P.head_major(kt_, transposed=True), P.head_major(vt_),

@@ -98,8 +98,8 @@ def implementations(device, dtype, reference_fits):
     O(seqlen^2) memory fits, and every other SDPA backend that runs here."""
     from torch.nn.attention import SDPBackend
 
-    impls = {"triton" if torch.device(device).type == "cuda" else "numba":
-             _ours("triton" if torch.device(device).type == "cuda" else "numba")}
+    ours = "triton" if torch.device(device).type == "cuda" else "numba"
+    impls = {ours: _ours(ours)}
     if reference_fits:
         impls["torch"] = _ours("torch")
     for name, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION),
