@@ -1,0 +1,88 @@
+"""The reference TokenLoader: the same sampling written the usual PyTorch way, a map-style
+Dataset of windows, torch's DistributedSampler(drop_last=True) and a DataLoader. No Numba.
+Slow on purpose of being obvious; tests check TokenLoader yields identical batches."""
+
+from __future__ import annotations
+
+import bisect
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+from .common import DocBatch, LoaderBase
+
+
+class TokenWindows(Dataset):
+    """Window i of the corpus: (x, y) int64 tensors of seq_len tokens, y shifted by one."""
+
+    def __init__(self, shards, seq_len):
+        self.shards, self.seq_len = shards, seq_len
+        counts = [max(0, (len(s) - 1) // seq_len) for s in shards]
+        self.first = np.cumsum([0] + counts).tolist()  # window index where each shard starts
+
+    def __len__(self):
+        return self.first[-1]
+
+    def __getitem__(self, i):
+        s = bisect.bisect_right(self.first, i) - 1
+        start = (i - self.first[s]) * self.seq_len
+        window = torch.from_numpy(self.shards[s][start:start + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+def documents(x: torch.Tensor, eos_id: int):
+    """position_ids, cu_seqlens (int32) and max_seqlen of the documents in each row of x:
+    a document ends at an EOS (inclusive) or at the end of its row."""
+    batch, seq_len = x.shape
+    starts = torch.zeros_like(x, dtype=torch.bool)
+    starts[:, 0] = True
+    starts[:, 1:] = x[:, :-1] == eos_id
+    flat = starts.flatten()
+    index = torch.arange(flat.numel())
+    start_of = torch.cummax(torch.where(flat, index, 0), dim=0).values
+    position_ids = (index - start_of).view(batch, seq_len)
+    cu_seqlens = torch.cat([index[flat], torch.tensor([flat.numel()])]).to(torch.int32)
+    return position_ids, cu_seqlens, int(cu_seqlens.diff().max())
+
+
+class ReferenceTokenLoader(LoaderBase):
+    """TokenLoader's signature and behaviour (order, resume, document fields), built from
+    torch.utils.data parts. num_workers: the DataLoader's worker processes (0: none)."""
+
+    def __init__(self, paths, batch_size, seq_len, *, seed=0, shuffle=True, rank=None,
+                 world_size=None, device="cpu", pin_memory=None, prefetch=2, eos_id=None,
+                 num_workers=0):
+        super().__init__(paths, batch_size, seq_len, seed=seed, shuffle=shuffle, rank=rank,
+                         world_size=world_size, device=device, pin_memory=pin_memory,
+                         prefetch=prefetch, eos_id=eos_id)
+        self.dataset = TokenWindows(self.shards, self.seq_len)
+        self.num_workers = num_workers
+
+    def _collate(self, items):
+        x = torch.stack([item[0] for item in items])
+        y = torch.stack([item[1] for item in items])
+        if self.eos_id is None:
+            return x, y
+        return DocBatch(x, y, *documents(x, self.eos_id))
+
+    def __iter__(self):
+        self._generation += 1
+        return self._iterate(self._generation)
+
+    def _iterate(self, generation):
+        sampler = DistributedSampler(self.dataset, num_replicas=self.world_size,
+                                     rank=self.rank, shuffle=self.shuffle, seed=self.seed,
+                                     drop_last=True)
+        sampler.set_epoch(self.epoch)
+        batches = list(BatchSampler(sampler, self.batch_size, drop_last=True))[self.batch:]
+        workers = self.num_workers
+        loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=self._collate,
+                            num_workers=workers, pin_memory=self.pin_memory,
+                            prefetch_factor=(self.prefetch or None) if workers else None)
+        for batch in loader:
+            self._check_live(generation)
+            moved = [t.to(self.device, non_blocking=self.pin_memory)
+                     if torch.is_tensor(t) else t for t in batch]
+            self._advance()
+            yield DocBatch(*moved) if isinstance(batch, DocBatch) else tuple(moved)
