@@ -1,4 +1,4 @@
-"""`kernelsuite` command line: `kernelsuite bench [--all] [KERNEL ...]`."""
+"""`kernelsuite` command line: `kernelsuite bench [--all] [KERNEL ...]`, `kernelsuite shards`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,40 @@ def _bench(args) -> int:
     return 0
 
 
+def _shards(args) -> int:
+    import numpy as np
+
+    from .data.build import (ShardWriter, load_tokenizer, text_documents,
+                             tokenize_documents)
+
+    try:
+        writer = ShardWriter(args.out, args.shard_tokens, args.dtype, args.prefix)
+        for path in args.npy or []:
+            try:
+                ids = np.load(path, mmap_mode="r")
+                for i in range(0, max(ids.size, 1), 1 << 24):  # bounded memory
+                    writer.add(ids[i:i + (1 << 24)] if ids.ndim == 1 else ids)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}: {e}") from None
+        if args.text:
+            tokenizer = load_tokenizer(args.tokenizer)
+            for path in args.text:
+                for ids in tokenize_documents(text_documents(path, args.doc_per_line),
+                                              tokenizer, args.eos_id):
+                    writer.add(ids)
+        paths = writer.close()
+    except (ValueError, TypeError, OSError, ImportError, AttributeError) as e:
+        print(f"kernelsuite shards: error: {e}", file=sys.stderr)
+        return 2
+    total = 0
+    for path in paths:
+        n = path.stat().st_size
+        total += n
+        print(path)
+    print(f"{len(paths)} shards, {total / 2**20:.1f} MiB", file=sys.stderr)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kernelsuite", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +73,28 @@ def main(argv=None) -> int:
     bench.add_argument("--markdown", help="also write the table to this file")
     bench.add_argument("--csv", help="also write every measured row to this CSV file")
     bench.set_defaults(func=_bench)
+    shards = sub.add_parser(
+        "shards", help="build token shards from text and a tokenizer, or from .npy arrays",
+        description="Write token shards (see kernelsuite.data.shards) into OUT: from text "
+                    "files cut into documents and tokenized, or from 1-D .npy arrays of "
+                    "token ids, concatenated in order.")
+    shards.add_argument("out", help="output directory (created if needed)")
+    source = shards.add_mutually_exclusive_group(required=True)
+    source.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files")
+    source.add_argument("--npy", nargs="+", metavar="FILE", help=".npy arrays of token ids")
+    shards.add_argument("--tokenizer", default="bytes",
+                        help="for --text: 'bytes' (UTF-8 bytes, the default), "
+                             "'tiktoken:ENCODING' or 'module:function'")
+    shards.add_argument("--eos-id", type=int, help="for --text: append this id after every "
+                                                    "document")
+    shards.add_argument("--doc-per-line", action="store_true",
+                        help="for --text: one document per line (default: documents are "
+                             "separated by blank lines)")
+    shards.add_argument("--shard-tokens", type=int, default=2**27,
+                        help="tokens per shard (default 2^27: 256 MiB of uint16)")
+    shards.add_argument("--dtype", choices=["uint16", "uint32"], default="uint16")
+    shards.add_argument("--prefix", default="shard", help="file names PREFIX_000000.bin, ...")
+    shards.set_defaults(func=_shards)
     args = parser.parse_args(argv)
     return args.func(args)
 

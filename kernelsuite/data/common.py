@@ -167,6 +167,10 @@ class LoaderBase:
     def _jump(self, epoch, batch):
         self.epoch, self.batch = (epoch + 1, 0) if batch == len(self) else (epoch, batch)
         self._generation += 1
+        self._stop_thread()
+
+    def _stop_thread(self):
+        """Stop prefetching for a live iterator (loaders with a background thread)."""
 
     def _advance(self):
         """One more batch handed out."""

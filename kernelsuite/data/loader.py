@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import queue
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -77,16 +78,20 @@ class TokenLoader(LoaderBase):
         return batch
 
     def __iter__(self):
-        if self._active is not None:
-            self._active.close()
+        self._stop_thread()
         self._generation += 1
-        self._active = _Batches(self)
-        return self._active
+        batches = _Batches(self)
+        self._active = weakref.ref(batches)  # a dropped iterator stops its thread
+        return batches
+
+    def _stop_thread(self):
+        active = self._active and self._active()
+        if active is not None:
+            active.close()
 
     def close(self):
         """Stop the background thread and close the shard files."""
-        if self._active is not None:
-            self._active.close()
+        self._stop_thread()
         self._reader.close()
 
     def __del__(self):
