@@ -91,11 +91,11 @@ def test_peak_cpu_bytes_sees_an_allocation():
     assert small < 20 * 2**20
 
 
-def test_cpu_fraction_is_of_the_measured_matmul_rate():
-    from kernelsuite.harness.devices import cpu_matmul_flops, peaks
+def test_cpu_fraction_is_of_the_measured_matmul_rate_and_memcpy():
+    from kernelsuite.harness.devices import cpu_copy_bandwidth, cpu_matmul_flops, peaks
 
-    rate = cpu_matmul_flops(torch.get_num_threads())
-    assert peaks("cpu") == (rate, None) and 1e9 < rate < 1e14
+    rate, bandwidth = cpu_matmul_flops(torch.get_num_threads()), cpu_copy_bandwidth()
+    assert peaks("cpu") == (rate, bandwidth) and 1e9 < rate < 1e14 and 1e9 < bandwidth < 1e12
 
 
 @pytest.mark.slow
@@ -105,3 +105,27 @@ def test_numba_compile_is_cached_across_processes():
 
     cold, warm = numba_first_call_seconds()
     assert warm < cold / 5, (cold, warm)
+
+
+def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
+    """The data benchmark's three implementations on a small corpus: int64 windows, y is x
+    shifted by one token, and our loader matches the reference."""
+    from kernelsuite.harness import data_cases as dc
+
+    monkeypatch.setenv("KERNELSUITE_BENCH_DATA", str(tmp_path))
+    monkeypatch.setattr(dc, "SHARDS", 2)
+    monkeypatch.setattr(dc, "SHARD_TOKENS", 5000)
+    monkeypatch.setattr(dc, "BATCHES_PER_CALL", 3)
+    dc.bench_corpus.cache_clear()
+    try:
+        case = dc.make_case(4, 64)
+        assert case.tokens == 3 * 4 * 64 and case.impls.keys() == {"numba", "torch",
+                                                                  "nanogpt_get_batch"}
+        out = {name: fn(case.make_inputs("cpu")) for name, fn in case.impls.items()}
+        for x, y in out.values():
+            assert x.shape == y.shape == (4, 64) and x.dtype == torch.int64
+            assert torch.equal(x[:, 1:], y[:, :-1])
+        assert all(torch.equal(a, b) for a, b in zip(out["numba"], out["torch"]))
+        assert len(list(tmp_path.glob("bench_*.bin"))) == 2
+    finally:
+        dc.bench_corpus.cache_clear()

@@ -12,6 +12,7 @@ yield identical batches.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import queue
 import threading
@@ -150,6 +151,21 @@ class _Failure:
         self.error = error
 
 
+_LIVE: "weakref.WeakSet[_Batches]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all():
+    """Stop prefetch threads before the interpreter exits: a daemon thread frozen at exit
+    inside torch's C++ code aborts the process ("terminate called without an active
+    exception")."""
+    for batches in list(_LIVE):
+        thread = batches.thread
+        batches.close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+
 class _Batches:
     """Iterator over the rest of the current epoch."""
 
@@ -175,6 +191,7 @@ class _Batches:
                 args=(fetch, windows, loader.batch_size, loader.batch, chunk, self.stop,
                       self.queue))
             self.thread.start()
+            _LIVE.add(self)
         else:
             self.windows = loader.windows(loader.epoch) if self.remaining else None
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 # Implementation names that are alternatives to ours (not ours, not the reference):
 # speedups are reported against the fastest of them.
-ALTERNATIVE_PREFIX = "sdpa"
+ALTERNATIVE_PREFIX = ("sdpa", "nanogpt")
 
 
 @dataclass
@@ -27,6 +27,7 @@ class Case:
     # implementation name -> fn(inputs) doing the work once (forward, or forward + backward)
     impls: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     reference: str = "torch"
+    tokens: int = 0  # tokens per call, for data cases (reported as Mtok/s)
 
     @property
     def id(self) -> str:
@@ -68,4 +69,4 @@ def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Cas
 
 
 def _load():
-    from . import attention_cases  # noqa: F401  (registers itself)
+    from . import attention_cases, data_cases  # noqa: F401  (they register themselves)

@@ -42,10 +42,24 @@ def cpu_matmul_flops(threads: int) -> float:
     return 2 * 2048 ** 3 / time_cpu(lambda: a @ b, min_time_s=1.0).median_s
 
 
+@lru_cache(maxsize=None)
+def cpu_copy_bandwidth() -> float:
+    """Bytes read plus bytes written per second by a single-threaded 256 MiB memcpy
+    (numpy copyto) on this CPU: the rate CPU data kernels are measured against."""
+    import numpy as np
+
+    from .timing import time_cpu
+
+    src = np.random.default_rng(0).integers(0, 255, 256 << 20, dtype=np.uint8)
+    dst = np.empty_like(src)
+    return 2 * src.nbytes / time_cpu(lambda: np.copyto(dst, src), min_time_s=1.0).median_s
+
+
 def peaks(device: str) -> tuple[float, float | None] | None:
-    """(FLOP/s, bytes/s) for known GPUs; on CPU (measured float32 matmul FLOP/s, None)."""
+    """(FLOP/s, bytes/s) for known GPUs; on CPU, measured: (float32 matmul FLOP/s with
+    torch's threads, single-threaded memcpy bytes/s)."""
     if torch.device(device).type == "cpu":
-        return cpu_matmul_flops(torch.get_num_threads()), None
+        return cpu_matmul_flops(torch.get_num_threads()), cpu_copy_bandwidth()
     name = device_name(device)
     for fragment, value in PEAKS.items():
         if fragment in name:

@@ -28,9 +28,11 @@ def measure(case: Case, impl: str, device: str) -> dict:
                tflops=case.flops / timing.median_s / 1e12,
                gflops=case.flops / timing.median_s / 1e9,
                gbps=case.bytes / timing.median_s / 1e9)
+    if case.tokens:
+        row["mtok_s"] = case.tokens / timing.median_s / 1e6
     peak = peaks(device)
     # fraction of the roofline floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth); on
-    # CPU the peak is the measured float32 matmul rate (and no bandwidth term)
+    # CPU the peaks are the measured float32 matmul rate and memcpy bandwidth
     if peak:
         floor_s = max(case.flops / peak[0], case.bytes / peak[1] if peak[1] else 0.0)
         row["frac_peak"] = floor_s / timing.median_s
@@ -50,8 +52,10 @@ def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
         row = measure(case, impl, device)
         rows.append(row)
         if progress:
-            print(f"[{n}/{len(jobs)}] {case.id} {impl}: {row['median_ms']:.3f} ms "
-                  f"{row['tflops']:.2f} TFLOP/s", file=sys.stderr, flush=True)
+            rate = (f"{row['gbps']:.2f} GB/s" if not case.flops
+                    else f"{row['tflops']:.2f} TFLOP/s")
+            print(f"[{n}/{len(jobs)}] {case.id} {impl}: {row['median_ms']:.3f} ms {rate}",
+                  file=sys.stderr, flush=True)
     return add_speedups(pd.DataFrame(rows))
 
 
@@ -67,8 +71,8 @@ def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-COLUMNS = ["case", "impl", "median_ms", "RATE", "frac_peak", "vs_best_alt", "vs_reference",
-           "peak_mem_mb"]
+COLUMNS = ["case", "impl", "median_ms", "RATE", "mtok_s", "frac_peak", "vs_best_alt",
+           "vs_reference", "peak_mem_mb"]
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -76,17 +80,19 @@ def format_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no cases)"
     threads = df.threads.dropna().unique()
-    # CPUs in GFLOP/s, GPUs in TFLOP/s
-    rate = "gflops" if len(threads) else "tflops"
+    # CPUs in GFLOP/s, GPUs in TFLOP/s, data movers in GB/s
+    rate = "gbps" if not (df.gflops > 0).any() else "gflops" if len(threads) else "tflops"
     cols = [rate if c == "RATE" else c for c in COLUMNS]
     cols = [c for c in cols if c in df and df[c].notna().any()]
     devices = ", ".join(sorted(df.device.unique()))
     head = f"device: {devices}"
     if len(threads):
-        matmul = (df.gflops / df.frac_peak).median()  # the rate frac_peak was taken against
+        flops, bandwidth = peaks("cpu")
         head += (f"; threads: {int(threads[0])} (torch and numba); frac_peak = share of the "
-                 f"float32 matmul rate measured in the run, {matmul:.0f} GFLOP/s; "
-                 "peak_mem_mb = resident-set growth during one call")
+                 f"roofline floor from the float32 matmul rate ({flops / 1e9:.0f} GFLOP/s) "
+                 f"and single-threaded memcpy ({bandwidth / 1e9:.1f} GB/s read + written) "
+                 "measured on this machine; peak_mem_mb = resident-set growth during one "
+                 "call")
     table = df[cols].to_markdown(index=False, floatfmt=".3g")
     return head + "\n\n" + table + "\n\n" + summary(df)
 

@@ -1,0 +1,17 @@
+"""Data loading: TokenLoader vs its DataLoader reference vs nanoGPT's get_batch.
+
+Groups are batch shapes; each timed call fetches BATCHES_PER_CALL batches from a 1 GiB
+corpus the harness writes on first use (kept in $KERNELSUITE_BENCH_DATA or the temp dir).
+extra_info carries GB/s (bytes read + written) and Mtok/s.
+"""
+
+from bench_helpers import bench_case
+
+KERNEL = "data"
+
+
+def test_data(benchmark, case_impl, device):
+    case, impl = case_impl
+    bench_case(benchmark, case, impl, device)
+    if benchmark.stats:
+        benchmark.extra_info["mtok_s"] = case.tokens / benchmark.stats.stats.median / 1e6
