@@ -8,6 +8,7 @@ bench`).
 
 import torch
 
+from kernelsuite.data.loader import stop_prefetch_threads
 from kernelsuite.harness.cases import get_cases
 from kernelsuite.harness import timing  # a bare time_* name would be taken for a benchmark
 
@@ -29,6 +30,12 @@ class Data:
         self.case = c
         self.fn = lambda: work(inputs)
         self.fn()  # warm-up: the loader, its thread and the Numba kernel start here
+
+    def teardown(self, case, impl):
+        # stop TokenLoader's prefetch thread before asv's forked runner exits: with the
+        # thread still running, some runs ended in SIGABRT ("terminate called without an
+        # active exception")
+        stop_prefetch_threads()
 
     def time_fetch(self, case, impl):
         self.fn()

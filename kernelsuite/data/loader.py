@@ -155,7 +155,7 @@ _LIVE: "weakref.WeakSet[_Batches]" = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_all():
+def stop_prefetch_threads():
     """Stop prefetch threads before the interpreter exits: a daemon thread frozen at exit
     inside torch's C++ code aborts the process ("terminate called without an active
     exception")."""
