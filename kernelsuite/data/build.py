@@ -9,7 +9,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .shards import as_tokens, write_shard
+from .shards import as_tokens, write_tokens
 
 
 class ShardWriter:
@@ -44,7 +44,7 @@ class ShardWriter:
 
     def _flush(self):
         path = self.out_dir / f"{self.prefix}_{len(self.paths):06d}.bin"
-        write_shard(path, np.concatenate(self._parts), self.dtype)
+        write_tokens(path, np.concatenate(self._parts))  # parts passed as_tokens in add
         self.paths.append(path)
         self._parts, self._pending = [], 0
 

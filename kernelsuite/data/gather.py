@@ -46,36 +46,30 @@ def _pread(typingctx, fd, dst, nbytes, offset):
 
 @njit(nogil=True, cache=True)
 def _gather(fds, first, windows, stage, x, y, positions, cu_seqlens, eos_id):
-    """Fill x, y (batch, L) from the windows, read from the shard files fds; stage is
-    (batch, L + 1) scratch of the token dtype. With eos_id >= 0 also positions (batch, L)
-    and cu_seqlens (room for batch * L + 1). Returns (status, documents, max_seqlen);
-    status -1 - s when shard s gave fewer bytes than its header promised."""
+    """Fill x, y (batch, L) from the windows, read from the shard files fds through the
+    staging row stage (L + 1 tokens of the shard dtype). With eos_id >= 0 also positions
+    (batch, L) and cu_seqlens (room for batch * L + 1). Returns (status, documents,
+    max_seqlen); status -1 - s when shard s gave fewer bytes than its header promised."""
     batch, L = x.shape
     nbytes = (L + 1) * stage.itemsize
-    short = np.full(batch, -1, np.int64)
     for r in range(batch):
         w = windows[r]
         s = np.searchsorted(first, w, side="right") - 1
         offset = (w - first[s]) * L * stage.itemsize
-        row = stage[r]
-        if _pread(fds[s], row, nbytes, HEADER_BYTES + offset) != nbytes:
-            short[r] = s
-            continue
+        if _pread(fds[s], stage, nbytes, HEADER_BYTES + offset) != nbytes:
+            return -1 - s, 0, 0
         xr = x[r]
         yr = y[r]
         for t in range(L):  # the widening pass
-            xr[t] = row[t]
-            yr[t] = row[t + 1]
+            xr[t] = stage[t]
+            yr[t] = stage[t + 1]
         if eos_id >= 0:
             # a document ends at an EOS (inclusive); positions restart after it
             pr = positions[r]
             pos = 0
             for t in range(L):
                 pr[t] = pos
-                pos = 0 if row[t] == eos_id else pos + 1
-    for r in range(batch):
-        if short[r] >= 0:
-            return -1 - short[r], 0, 0
+                pos = 0 if stage[t] == eos_id else pos + 1
     docs = 0
     max_len = 0
     if eos_id >= 0:  # documents start where positions are 0
@@ -109,7 +103,7 @@ class ShardReader:
         (documents, max_seqlen), (0, 0) without eos_id."""
         if not self.fds.size:
             raise ValueError("the shard files are closed")
-        stage = np.empty((x.shape[0], x.shape[1] + 1), dtype=self.dtype)
+        stage = np.empty(x.shape[1] + 1, dtype=self.dtype)
         if eos_id is None:
             positions, cu_seqlens, eos_id = _NO_POSITIONS, _NO_CU_SEQLENS, -1
         status, docs, max_len = _gather(self.fds, first, windows, stage, x, y, positions,

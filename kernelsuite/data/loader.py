@@ -177,8 +177,8 @@ class _Batches:
         fetch = _ToDevice(loader) if self.cuda else loader.gather
         self.fetch = fetch
         self.thread = None
+        self.windows = loader.windows(loader.epoch) if self.remaining else None
         if loader.prefetch and self.remaining:
-            windows = loader.windows(loader.epoch)
             self.stop = threading.Event()
             # hand batches over in chunks of about CHUNK_BYTES, at most `prefetch` of them
             per_batch = loader.batch_size * loader.seq_len * 8 * (2 if loader.eos_id is None
@@ -188,12 +188,10 @@ class _Batches:
             self.ready = collections.deque()
             self.thread = threading.Thread(
                 target=_produce, name="TokenLoader", daemon=True,
-                args=(fetch, windows, loader.batch_size, loader.batch, chunk, self.stop,
+                args=(fetch, self.windows, loader.batch_size, loader.batch, chunk, self.stop,
                       self.queue))
             self.thread.start()
             _LIVE.add(self)
-        else:
-            self.windows = loader.windows(loader.epoch) if self.remaining else None
 
     def __iter__(self):
         return self

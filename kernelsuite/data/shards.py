@@ -65,8 +65,11 @@ def write_shard(path, tokens, dtype=None) -> Path:
     """Write tokens to a shard at path, atomically (temporary file, then rename).
 
     dtype: "uint16" or "uint32"; None picks uint16 when every id is below 65536."""
-    path = Path(path)
-    arr = as_tokens(tokens, dtype)
+    return write_tokens(Path(path), as_tokens(tokens, dtype))
+
+
+def write_tokens(path: Path, arr: np.ndarray) -> Path:
+    """write_shard for tokens already checked by as_tokens."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

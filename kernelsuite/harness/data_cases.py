@@ -18,6 +18,7 @@ import torch
 from ..data import ReferenceTokenLoader, TokenLoader, read_header, write_shard
 from ..data.shards import HEADER_BYTES
 from .cases import Case, register, register_notes
+from .timing import _status_kb
 
 SHARDS, SHARD_TOKENS = 8, 1 << 26  # 8 x 128 MiB of uint16: 1 GiB
 VOCAB = 50257  # GPT-2's
@@ -108,8 +109,7 @@ def cases(device: str, quick: bool) -> list[Case]:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return _status_kb("VmRSS") / 1024
 
 
 def rss_over_batches(batches=10_000, batch=32, seq_len=2048, device="cpu"):
