@@ -1,0 +1,271 @@
+"""Sequence packing (bin packing of lengths into fixed token budgets), compiled with Numba.
+
+- greedy: next fit in input order. Each bin is a run of consecutive sequences; a sequence
+  that does not fit closes the bin. O(n).
+- ffd: first fit decreasing. Sequences by decreasing length (ties in input order), each into
+  the lowest-numbered bin with room. O(n log n).
+- bfd: best fit decreasing. Same order, each into the bin it fills most tightly (least room
+  left); among equally tight bins, the one that reached that room last. O(n log capacity).
+
+Both decreasing algorithms find their bin with one max segment tree and the same descent:
+"the first leaf whose value is >= the length". For ffd the leaves are bins, holding their
+room (unopened bins hold the full capacity, so the first of them is the next new bin). For
+bfd the leaves are room values r = 0..capacity, holding r while some bin has exactly r
+left and -1 otherwise, so the first leaf >= the length is the tightest room that fits.
+The order comes from a counting sort (lengths are at most capacity), stable and O(n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+from .common import Packing, check_algorithm, check_capacity, check_lengths
+
+
+@njit(nogil=True, cache=True)
+def _starts(lengths, capacity):
+    """Counting sort, first half: in the order by length (ties in input order), the
+    sequences of length x take positions start[x] to start[x + 1] - 1."""
+    start = np.zeros(capacity + 2, np.int64)
+    for x in lengths:
+        start[x + 1] += 1
+    for x in range(1, capacity + 2):
+        start[x] += start[x - 1]
+    return start
+
+
+@njit(nogil=True, cache=True)
+def _unsort(lengths, start, sorted_bins, bin_ids):
+    """Counting sort, second half: bin_ids[i] = the bin given to sequence i's position.
+    Packing writes bins by position and this pass reads them back one stream per length,
+    in order: no random writes into bin_ids."""
+    nxt = start[:-1].copy()
+    for i in range(lengths.size):
+        bin_ids[i] = sorted_bins[nxt[lengths[i]]]
+        nxt[lengths[i]] += 1
+
+
+@njit(nogil=True, cache=True)
+def _greedy(lengths, capacity, bin_ids):
+    # sequence i fits the open bin while the running total stays under that bin's limit
+    # (its first token's offset + capacity); comparing the running total, instead of
+    # carrying the room left, keeps the loop free of a chain through the branch
+    bins, total, limit = -1, 0, -1
+    for i in range(lengths.size):
+        total += lengths[i]
+        if total > limit:
+            bins += 1
+            limit = total - lengths[i] + capacity
+        bin_ids[i] = bins
+    return bins + 1
+
+
+@njit(nogil=True, cache=True)
+def _ffd(lengths, capacity, bin_ids):
+    # Bin by bin: a bin takes the longest sequence left, then again and again the longest
+    # left that fits (earliest first among equals): the same bins as putting each sequence,
+    # longest first, into the first bin with room, and it needs no search over bins.
+    start = _starts(lengths, capacity)
+    nxt = start[:-1].copy()  # length x -> its next unplaced position
+    sorted_bins = np.empty(lengths.size, np.int32)
+    # longest[x + 1] leads (union-find, path halving) to 1 + the longest length <= x with
+    # sequences left, or to 0 when there is none; a length whose sequences run out links
+    # down to the next one, for good
+    longest = np.arange(capacity + 2)
+    for x in range(capacity + 1):
+        if start[x + 1] == start[x]:
+            longest[x + 1] = x
+    bins, left = 0, lengths.size
+    while left:
+        room = capacity
+        while True:
+            k = room + 1
+            while longest[k] != k:
+                longest[k] = longest[longest[k]]
+                k = longest[k]
+            if k == 0:
+                break
+            x = k - 1
+            take = start[x + 1] - nxt[x]  # as many of this length as fit at once
+            if x and room // x < take:
+                take = room // x
+            sorted_bins[nxt[x]:nxt[x] + take] = bins
+            nxt[x] += take
+            if nxt[x] == start[x + 1]:
+                longest[k] = x
+            room -= take * x
+            left -= take
+        bins += 1
+    _unsort(lengths, start, sorted_bins, bin_ids)
+    return bins
+
+
+@njit(nogil=True, cache=True)
+def _first_set(bits, summary, x):
+    """The smallest set bit >= x of a bitset (with a summary bit per non-zero word), or -1."""
+    w = x >> 6
+    m = bits[w] & (np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(x & 63))
+    if m:
+        return (w << 6) + trailing_zeros(m)
+    w += 1
+    s = w >> 6
+    if s >= summary.size:
+        return -1
+    m = summary[s] & (np.uint64(0xFFFFFFFFFFFFFFFF) << np.uint64(w & 63))
+    while True:
+        if m:
+            w = (s << 6) + trailing_zeros(m)
+            return (w << 6) + trailing_zeros(bits[w])
+        s += 1
+        if s >= summary.size:
+            return -1
+        m = summary[s]
+
+
+@njit(nogil=True, cache=True)
+def _flip(bits, summary, r):
+    """Toggle bit r, keeping the summary bit of its word equal to (word != 0)."""
+    w = r >> 6
+    bits[w] ^= np.uint64(1) << np.uint64(r & 63)
+    bit = np.uint64(1) << np.uint64(w & 63)
+    if bits[w]:
+        summary[w >> 6] |= bit
+    else:
+        summary[w >> 6] &= ~bit
+
+
+@njit(nogil=True, cache=True)
+def _bfd(lengths, capacity, bin_ids):
+    start = _starts(lengths, capacity)
+    sorted_bins = np.empty(lengths.size, np.int32)
+    words = (capacity >> 6) + 1
+    bits = np.zeros(words, np.uint64)  # bit r: some open bin has exactly r left
+    summary = np.zeros((words >> 6) + 1, np.uint64)
+    head = np.full(capacity + 1, -1, np.int64)  # room r -> last bin that reached it
+    below = np.empty(lengths.size, np.int64)  # bin -> the bin under it in its room's stack
+    bins = 0
+    for x in range(capacity, -1, -1):
+        j = start[x]
+        while j < start[x + 1]:
+            r = _first_set(bits, summary, x)  # the tightest room that fits
+            if r >= 0:
+                b = head[r]
+                head[r] = below[b]
+                if head[r] < 0:
+                    _flip(bits, summary, r)
+            else:
+                b, r = bins, capacity
+                bins += 1
+            # the room left, while it fits x, stays the tightest that does (and this bin
+            # tops its stack): the next sequences of length x go here too, as many as fit
+            take = start[x + 1] - j
+            if x and r // x < take:
+                take = r // x
+            sorted_bins[j:j + take] = b
+            j += take
+            r -= take * x
+            below[b] = head[r]
+            if head[r] < 0:
+                _flip(bits, summary, r)
+            head[r] = b
+    _unsort(lengths, start, sorted_bins, bin_ids)
+    return bins
+
+
+def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packing:
+    """Pack sequences of the given lengths into bins of `capacity` tokens.
+
+    lengths: 1-D integers (list, numpy array or CPU tensor), none negative. A length over
+    capacity raises ValueError, unless truncate=True, which cuts it to capacity.
+    algorithm: "ffd" (first fit decreasing, the default), "bfd" (best fit decreasing) or
+    "greedy" (next fit in input order: no reordering). Deterministic.
+    """
+    capacity = check_capacity(capacity)
+    algorithm = check_algorithm(algorithm)
+    lengths = np.ascontiguousarray(check_lengths(lengths, capacity, truncate))
+    bin_ids = np.empty(lengths.size, np.int64)
+    bins = {"greedy": _greedy, "ffd": _ffd, "bfd": _bfd}[algorithm](lengths, capacity, bin_ids)
+    return Packing(bin_ids, int(bins), capacity, lengths)
+
+
+@dataclass(frozen=True, eq=False)
+class RankPacking:
+    """Bins dealt to data-parallel ranks, step by step.
+
+    assignment[t, r] is the bin rank r processes at step t; -1 is an empty row added so
+    every rank has the same number of steps. tokens and attention are per rank: tokens and
+    the attention cost, the sum of squared sequence lengths.
+    """
+    packing: Packing
+    assignment: np.ndarray
+    tokens: np.ndarray
+    attention: np.ndarray
+
+    def rank_bins(self, rank) -> np.ndarray:
+        """The bins of one rank in step order (-1: an empty row)."""
+        return self.assignment[:, rank]
+
+    @property
+    def token_imbalance(self) -> float:
+        """max / mean - 1 of the tokens per rank: 0 is perfect balance."""
+        return _imbalance(self.tokens)
+
+    @property
+    def attention_imbalance(self) -> float:
+        """max / mean - 1 of the attention cost per rank."""
+        return _imbalance(self.attention)
+
+    @property
+    def step_imbalance(self) -> float:
+        """sum over steps of the costliest rank's attention cost / sum of the mean rank's,
+        minus 1: the share of time ranks wait for the slowest one at each step, if time
+        follows attention cost."""
+        cost = np.append(_bin_costs(self.packing)[0], 0.0)[self.assignment]
+        mean = cost.mean(axis=1).sum()
+        return float(cost.max(axis=1).sum() / mean - 1) if mean > 0 else 0.0
+
+
+def _imbalance(values):
+    mean = values.mean() if values.size else 0
+    return float(values.max() / mean - 1) if mean > 0 else 0.0
+
+
+def _bin_costs(packing):
+    """(attention, tokens) per bin: sum of squared lengths, sum of lengths."""
+    lengths = packing.lengths
+    attention = np.bincount(packing.bin_ids, weights=lengths.astype(np.float64) ** 2,
+                            minlength=packing.num_bins)
+    return attention, packing.loads
+
+
+def pack_for_ranks(lengths, capacity, world_size, algorithm="ffd", truncate=False):
+    """Pack, then deal the bins to `world_size` ranks so every rank gets the same number of
+    bins (empty rows, -1, fill the last step) with balanced tokens and attention cost.
+
+    The bins are sorted by attention cost (then tokens) and dealt one step of world_size
+    bins at a time, so the bins of a step cost about the same; within a step the costliest
+    bin goes to the rank with the least cost so far. Rows of `assignment` are steps: shuffle
+    them freely, the balance stays. Returns a RankPacking; see its *_imbalance properties.
+    """
+    world_size = check_capacity(world_size, "world_size")
+    packing = pack_sequences(lengths, capacity, algorithm, truncate)
+    attention, tokens = _bin_costs(packing)
+    order = np.lexsort((np.arange(packing.num_bins), -tokens, -attention))
+    steps = -(-packing.num_bins // world_size)
+    order = np.append(order, np.full(steps * world_size - order.size, -1)).reshape(
+        steps, world_size)
+    assignment = np.empty_like(order)
+    rank_attention = np.zeros(world_size)
+    rank_tokens = np.zeros(world_size, np.int64)
+    cost = np.append(attention, 0.0)  # index -1: an empty row costs nothing
+    load = np.append(tokens, 0)
+    for t in range(steps):
+        ranks = np.lexsort((np.arange(world_size), rank_tokens, rank_attention))
+        assignment[t, ranks] = order[t]
+        rank_attention[ranks] += cost[order[t]]
+        rank_tokens[ranks] += load[order[t]]
+    return RankPacking(packing, assignment, rank_tokens, rank_attention)
