@@ -1,0 +1,72 @@
+"""pad/unpad with flash-attn's bert_padding names and shapes: input checks, backend
+choice, and the Triton kernel (triton_padding.py) or the PyTorch reference."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import reference
+from .common import check_indices, check_mask
+
+BACKENDS = ("triton", "torch", "auto")
+
+
+def _resolve(backend, tensor):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if tensor.is_cuda else "torch"
+    if backend == "triton" and not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set "
+                         "before triton is imported)")
+    if backend == "triton" and (tensor.dtype == torch.bool or tensor.is_complex()):
+        raise TypeError(f"backend='triton' does not take hidden_states of {tensor.dtype}; "
+                        "use backend='torch'")
+    return backend
+
+
+def _rows2d(x):
+    """x as (rows, features) with unit column stride (a view when x allows it)."""
+    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))
+    return x2 if x2.stride(1) == 1 or x2.shape[1] <= 1 else x2.contiguous()
+
+
+def unpad_input(hidden_states, attention_mask, backend="auto"):
+    """(batch, seqlen, ...) -> (hidden_unpadded (nnz, ...), indices (nnz,) int64 into the
+    flattened batch * seqlen, cu_seqlens (batch + 1,) int32, max_seqlen int), keeping the
+    positions where attention_mask (bool or 0/1, (batch, seqlen)) is set.
+
+    backend: "triton" (CUDA; CPU under TRITON_INTERPRET=1), "torch" (the reference) or
+    "auto" (triton on CUDA, else torch). Differentiable with respect to hidden_states.
+    """
+    if _resolve(backend, hidden_states) == "torch":
+        return reference.unpad_input(hidden_states, attention_mask)
+    batch, seqlen = check_mask(hidden_states, attention_mask)
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    from .triton_padding import RowGather, inverse_rows
+
+    rows = _rows2d(hidden_states.reshape(batch * seqlen, *hidden_states.shape[2:]))
+    out = RowGather.apply(rows, indices, inverse_rows(indices, batch * seqlen))
+    return (out.reshape(indices.numel(), *hidden_states.shape[2:]), indices, cu_seqlens,
+            int(lengths.max()) if batch else 0)
+
+
+def pad_input(hidden_states, indices, batch, seqlen, backend="auto"):
+    """(nnz, ...) rows at `indices` of the flattened (batch * seqlen) -> (batch, seqlen,
+    ...), zeros elsewhere: the inverse of unpad_input. Same backends; differentiable with
+    respect to hidden_states. indices must be distinct and in range (checked)."""
+    if _resolve(backend, hidden_states) == "torch":
+        return reference.pad_input(hidden_states, indices, batch, seqlen)
+    check_indices(hidden_states, indices, batch, seqlen)
+    from .triton_padding import RowGather, inverse_rows
+
+    indices = indices.long()
+    out = RowGather.apply(_rows2d(hidden_states), inverse_rows(indices, batch * seqlen),
+                          indices)
+    return out.reshape(batch, seqlen, *hidden_states.shape[1:])
