@@ -1,4 +1,4 @@
-"""Compile the attention kernels for an H100 (sm_90) without a GPU.
+"""Compile the attention and pad/unpad kernels for an H100 (sm_90) without a GPU.
 
 The interpreter runs kernels as Python, so it misses what only the compiler checks (types
 that differ between branches, non-constexpr globals, shared memory over the limit). This
@@ -20,6 +20,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from kernelsuite.attention import triton_flash as tf  # noqa: E402
+from kernelsuite.batching import triton_padding as tp  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
@@ -80,6 +81,25 @@ def plan(full):
                                                             **extra)
 
 
+def compile_gather_rows(dtype, n_cols):
+    """The pad/unpad row gather with the block sizes _gather_rows picks for n_cols."""
+    block_c = min(triton.next_power_of_2(n_cols), 1024)
+    sig = dict(src=f"*{dtype}", out=f"*{dtype}", rows="*i64", n_rows="i32", n_cols="i32",
+               src_stride="i32", out_stride="i32", BLOCK_R="constexpr", BLOCK_C="constexpr")
+    # what the JIT infers for torch tensors (16-byte aligned) with n_cols % 16 == 0
+    divisible = (0, 1, 2) + ((4, 5, 6) if n_cols % 16 == 0 else ())
+    src = ASTSource(fn=tp._gather_rows_kernel, signature=sig,
+                    constexprs=dict(BLOCK_R=max(1, 4096 // block_c), BLOCK_C=block_c),
+                    attrs={(i,): [["tt.divisibility", 16]] for i in divisible})
+    compiled = triton.compile(src, target=H100, options=dict(num_warps=4))
+    ptx = compiled.asm["ptx"]
+    return dict(kernel="_gather_rows_kernel", dtype=dtype, n_cols=n_cols,
+                shared=compiled.metadata.shared, fits=compiled.metadata.shared <= SMEM_LIMIT,
+                vector_loads="ld.global.v4" in ptx, vector_stores="st.global.v4" in ptx)
+
+
 if __name__ == "__main__":
     for kernel, config, dtype, head_dim, flags in plan(full="--all" in sys.argv):
         print(json.dumps(compile_one(kernel, config, dtype, head_dim, **flags)), flush=True)
+    for dtype, n_cols in [("bf16", 4096), ("fp16", 96), ("fp32", 1000)]:
+        print(json.dumps(compile_gather_rows(dtype, n_cols)), flush=True)
