@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,49 @@ def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
         assert len(list(tmp_path.glob("bench_*.bin"))) == 2
     finally:
         dc.bench_corpus.cache_clear()
+
+
+def test_run_cases_takes_each_cases_reference():
+    case = Case(kernel="toy", name="sleep", params={}, flops=0.0, bytes=0.0,
+                make_inputs=lambda device: None, reference="python",
+                impls={"python": lambda x: time.sleep(0.02), "numba": lambda x: time.sleep(0.002)})
+    df = run_cases([case], "cpu", progress=False).set_index("impl")
+    assert df.loc["python", "vs_reference"] == 1
+    assert df.loc["numba", "vs_reference"] == pytest.approx(
+        df.loc["python", "median_ms"] / df.loc["numba", "median_ms"])
+    assert df.gbps.isna().all() and df.frac_peak.isna().all()  # no bytes: no bandwidth
+
+
+def test_packing_cases_compare_equal_packings(monkeypatch):
+    from kernelsuite.harness import batching_cases as bc
+
+    monkeypatch.setattr(bc, "N_LENGTHS", 3000)
+    cases = get_cases(["packing"], "cpu")
+    assert len(cases) == 12 and {c.reference for c in cases} == {"python"}
+    for case in cases:
+        x = case.make_inputs("cpu")
+        cap = case.params["capacity"]
+        assert x.size == case.params["n"] == 3000 and x.min() >= 8 and x.max() <= cap
+        if case.params["distribution"] == "gamma":
+            assert x.min() >= 10 and x.max() <= 500
+        else:  # 80% chat turns up to 512, 20% documents up to capacity
+            assert 0.15 < (x > 512).mean() < 0.25
+        a, b = (case.impls[i](x) for i in ("numba", "python"))
+        np.testing.assert_array_equal(a.bin_ids, b.bin_ids)
+
+
+def test_padding_cases_gpu_only_and_correct_on_a_small_shape(monkeypatch):
+    from kernelsuite.harness import batching_cases as bc
+
+    assert get_cases(["padding"], "cpu") == []
+    for fraction in bc.PADDING:
+        mask = bc.padding_mask(64, 2048, fraction, "cpu")
+        assert abs((1 - mask.float().mean()) - fraction) < 0.05
+    monkeypatch.setattr(bc, "PAD_SHAPE", (4, 16, 8))  # Triton under the interpreter
+    unpad, pad = bc.padding_cases_for(0.5, "cpu")
+    for case in (unpad, pad):
+        x = case.make_inputs("cpu")
+        got, want = case.impls["triton"](x), case.impls["torch"](x)
+        for g, w in zip(got if isinstance(got, tuple) else (got,),
+                        want if isinstance(want, tuple) else (want,)):
+            assert torch.equal(g, w) if isinstance(g, torch.Tensor) else g == w

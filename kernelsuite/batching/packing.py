@@ -75,7 +75,7 @@ def _ffd(lengths, capacity, bin_ids):
     # longest[x + 1] leads (union-find, path halving) to 1 + the longest length <= x with
     # sequences left, or to 0 when there is none; a length whose sequences run out links
     # down to the next one, for good
-    longest = np.arange(capacity + 2)
+    longest = np.arange(capacity + 2).astype(np.int32)  # int32: half the cache lines
     for x in range(capacity + 1):
         if start[x + 1] == start[x]:
             longest[x + 1] = x
@@ -90,12 +90,14 @@ def _ffd(lengths, capacity, bin_ids):
             if k == 0:
                 break
             x = k - 1
-            take = start[x + 1] - nxt[x]  # as many of this length as fit at once
+            j, end = nxt[x], start[x + 1]
+            take = end - j  # as many of this length as fit at once
             if x and room // x < take:
                 take = room // x
-            sorted_bins[nxt[x]:nxt[x] + take] = bins
-            nxt[x] += take
-            if nxt[x] == start[x + 1]:
+            for t in range(j, j + take):
+                sorted_bins[t] = bins
+            nxt[x] = j + take
+            if j + take == end:
                 longest[k] = x
             room -= take * x
             left -= take

@@ -69,4 +69,4 @@ def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Cas
 
 
 def _load():
-    from . import attention_cases, data_cases  # noqa: F401  (they register themselves)
+    from . import attention_cases, batching_cases, data_cases  # noqa: F401  (they register)

@@ -55,6 +55,24 @@ def cpu_copy_bandwidth() -> float:
     return 2 * src.nbytes / time_cpu(lambda: np.copyto(dst, src), min_time_s=1.0).median_s
 
 
+@lru_cache(maxsize=None)
+def cuda_copy_bandwidth(device: str = "cuda") -> float:
+    """Bytes read plus bytes written per second by a 1 GiB device-to-device copy (torch
+    copy_, CUDA events, median): the rate GPU data-movement kernels are measured against."""
+    from .timing import time_cuda
+
+    src = torch.randint(0, 127, (1 << 30,), dtype=torch.int8, device=device)
+    dst = torch.empty_like(src)
+    return 2 * src.numel() / time_cuda(lambda: dst.copy_(src)).median_s
+
+
+def copy_bandwidth(device: str) -> float:
+    """Measured copy bandwidth (read + written bytes/s) of the device: memcpy on CPU."""
+    if torch.device(device).type == "cuda":
+        return cuda_copy_bandwidth(str(torch.device(device)))
+    return cpu_copy_bandwidth()
+
+
 def peaks(device: str) -> tuple[float, float | None] | None:
     """(FLOP/s, bytes/s) for known GPUs; on CPU, measured: (float32 matmul FLOP/s with
     torch's threads, single-threaded memcpy bytes/s)."""
