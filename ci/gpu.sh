@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU job, for a machine with CUDA and torch + triton already installed (e.g. the
-# H100/H200 device machine): GPU tests, the attention and data benchmark tables and asv results.
+# H100/H200 device machine): GPU tests, the benchmark tables of every area and asv results.
 # Writes into ${OUT:-gpu-out}/. Uses the Python it finds (PYTHON, default python3).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,10 @@ status=0
 "$PY" -m pytest -q -x tests 2>&1 | tee "$OUT/tests.log" || status=1
 "$PY" -m kernelsuite.cli bench attention ${BENCH_ARGS:-} --markdown "$OUT/attention.md" \
     --csv "$OUT/attention.csv" 2>&1 | tee "$OUT/bench.log" || status=1
-"$PY" -m kernelsuite.cli bench data --markdown "$OUT/data.md" --csv "$OUT/data.csv" \
-    2>&1 | tee -a "$OUT/bench.log" || status=1
+for area in data padding packing; do
+    "$PY" -m kernelsuite.cli bench "$area" --markdown "$OUT/$area.md" --csv "$OUT/$area.csv" \
+        2>&1 | tee -a "$OUT/bench.log" || status=1
+done
 # asv records results against a commit: it needs asv and a git checkout
 if "$PY" -c "import asv" 2>/dev/null && git rev-parse HEAD >/dev/null 2>&1; then
     machine=$("$PY" -c "from kernelsuite.harness.devices import device_name; print(device_name('cuda').replace(' ', '-'))")
