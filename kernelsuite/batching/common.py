@@ -130,6 +130,18 @@ def check_mask(hidden_states, attention_mask) -> tuple[int, int]:
     return attention_mask.shape[0], attention_mask.shape[1]
 
 
+def unpad_layout(hidden_states, attention_mask):
+    """What unpad_input returns besides the rows, after checking its arguments:
+    (indices of the kept rows of the flattened batch * seqlen (int64), cu_seqlens (int32),
+    max_seqlen)."""
+    batch, _ = check_mask(hidden_states, attention_mask)
+    mask = attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    return indices, cu_seqlens, int(lengths.max()) if batch else 0
+
+
 def check_indices(hidden_states, indices, batch, seqlen):
     """Checks pad_input's arguments: indices are distinct rows of (batch * seqlen), one per
     row of hidden_states."""

@@ -3,16 +3,15 @@
 - greedy: next fit in input order. Each bin is a run of consecutive sequences; a sequence
   that does not fit closes the bin. O(n).
 - ffd: first fit decreasing. Sequences by decreasing length (ties in input order), each into
-  the lowest-numbered bin with room. O(n log n).
+  the lowest-numbered bin with room. Computed bin by bin (see _ffd), O(n + capacity) with
+  a union-find over lengths.
 - bfd: best fit decreasing. Same order, each into the bin it fills most tightly (least room
-  left); among equally tight bins, the one that reached that room last. O(n log capacity).
+  left); among equally tight bins, the one that reached that room last. The tightest room
+  comes from a two-level bitset over room values 0..capacity; a stack per room holds its
+  bins.
 
-Both decreasing algorithms find their bin with one max segment tree and the same descent:
-"the first leaf whose value is >= the length". For ffd the leaves are bins, holding their
-room (unopened bins hold the full capacity, so the first of them is the next new bin). For
-bfd the leaves are room values r = 0..capacity, holding r while some bin has exactly r
-left and -1 otherwise, so the first leaf >= the length is the tightest room that fits.
-The order comes from a counting sort (lengths are at most capacity), stable and O(n).
+Both decreasing algorithms take the order from a counting sort (lengths are at most
+capacity), stable and O(n), and write bins by sorted position before mapping them back.
 """
 
 from __future__ import annotations

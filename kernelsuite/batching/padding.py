@@ -9,7 +9,7 @@ import os
 import torch
 
 from . import reference
-from .common import check_indices, check_mask
+from .common import check_indices, unpad_layout
 
 BACKENDS = ("triton", "torch", "auto")
 
@@ -44,17 +44,13 @@ def unpad_input(hidden_states, attention_mask, backend="auto"):
     """
     if _resolve(backend, hidden_states) == "torch":
         return reference.unpad_input(hidden_states, attention_mask)
-    batch, seqlen = check_mask(hidden_states, attention_mask)
-    mask = attention_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    indices, cu_seqlens, max_seqlen = unpad_layout(hidden_states, attention_mask)
     from .triton_padding import RowGather, inverse_rows
 
-    rows = _rows2d(hidden_states.reshape(batch * seqlen, *hidden_states.shape[2:]))
-    out = RowGather.apply(rows, indices, inverse_rows(indices, batch * seqlen))
+    rows = _rows2d(hidden_states.flatten(0, 1))
+    out = RowGather.apply(rows, indices, inverse_rows(indices, rows.shape[0]))
     return (out.reshape(indices.numel(), *hidden_states.shape[2:]), indices, cu_seqlens,
-            int(lengths.max()) if batch else 0)
+            max_seqlen)
 
 
 def pad_input(hidden_states, indices, batch, seqlen, backend="auto"):

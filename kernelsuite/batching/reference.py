@@ -14,10 +14,9 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right, insort
 
 import numpy as np
-import torch
 
 from .common import (Packing, check_algorithm, check_capacity, check_indices, check_lengths,
-                     check_mask)
+                     unpad_layout)
 
 
 def _greedy(lengths, capacity):
@@ -92,13 +91,9 @@ def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packin
 
 def unpad_input(hidden_states, attention_mask):
     """Reference of kernelsuite.batching.unpad_input: a gather of the kept rows."""
-    batch, seqlen = check_mask(hidden_states, attention_mask)
-    mask = attention_mask.bool()
-    lengths = mask.sum(dim=1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    rows = hidden_states.reshape(batch * seqlen, *hidden_states.shape[2:])
-    return rows[indices], indices, cu_seqlens, int(lengths.max()) if batch else 0
+    indices, cu_seqlens, max_seqlen = unpad_layout(hidden_states, attention_mask)
+    rows = hidden_states.flatten(0, 1)
+    return rows[indices], indices, cu_seqlens, max_seqlen
 
 
 def pad_input(hidden_states, indices, batch, seqlen):
