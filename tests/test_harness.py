@@ -9,8 +9,9 @@ import torch
 from kernelsuite import cli
 from kernelsuite.attention import reference
 from kernelsuite.harness import attention_cases as ac
-from kernelsuite.harness.cases import Case, get_cases
-from kernelsuite.harness.run import format_table, run_cases
+from kernelsuite.harness.cases import (REGISTRY, Case, find_case, get_cases,
+                                       implementation_names)
+from kernelsuite.harness.run import check_error, format_table, run_cases
 from kernelsuite.harness.timing import time_cpu
 
 
@@ -53,19 +54,48 @@ def test_run_cases_reports_speedups_from_the_same_run():
     assert "device:" in table and "mine" in table
 
 
-def test_cpu_attention_cases_run_every_implementation_they_list():
+@pytest.mark.parametrize("mode", ac.MODES)
+def test_cpu_attention_cases_run_every_implementation_they_list(mode):
     cases = get_cases(["attention"], "cpu", quick=True)
-    assert {c.params["mode"] for c in cases} == {"fwd", "fwd_bwd"}
-    case = min(cases, key=lambda c: c.flops)
-    x = case.make_inputs("cpu")
-    outs = {name: fn(x) for name, fn in case.impls.items()}
+    assert {c.params["mode"] for c in cases} == set(ac.MODES)
+    case = min((c for c in cases if c.params["mode"] == mode), key=lambda c: c.flops)
+    outs = {}
+    for name, fn in case.impls.items():
+        x = case.make_inputs("cpu")  # fresh inputs per implementation, as the harness does
+        fn(x)  # bwd: the first call runs the forward too; the second is the backward alone
+        outs[name] = fn(x)
+        # every implementation is within float32 rounding of the float64 truth ...
+        assert check_error(case, name, x, outs[name]) < 1e-5, name
     assert "torch" in outs and any(name.startswith("sdpa") for name in outs)
-    # every implementation computes the same attention
-    first = next(iter(outs.values()))
-    for name, out in outs.items():
-        for a, b in zip(out if isinstance(out, tuple) else (out,),
-                        first if isinstance(first, tuple) else (first,)):
-            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+    assert case.flops == (ac.BWD_FACTOR if mode == "bwd" else 1 + ac.BWD_FACTOR if
+                          mode == "fwd_bwd" else 1) * ac.attention_flops(1, 8, 512, 512, 64, causal=True)
+    # ... and the check notices an output that is 0.1% off
+    wrong = tuple(t * 1.001 for t in outs["torch"]) if mode != "fwd" else outs["torch"] * 1.001
+    assert check_error(case, "torch", x, wrong) > 1e-4
+
+
+def test_every_case_declares_its_implementations_and_devices():
+    for kernel in REGISTRY:
+        for device in ("cpu", "cuda"):  # GPU cases are listed without a GPU (asv discovery)
+            for case in get_cases([kernel], device, quick=False):
+                assert set(case.impls) <= set(implementation_names(kernel, device)), case.id
+                assert torch.device(device).type in case.devices and case.reference in \
+                    implementation_names(kernel, device)
+    assert get_cases(["packing"], "cuda") == [] and get_cases(["padding"], "cpu") == []
+    assert find_case("packing/ffd-gamma-c2048").params["algorithm"] == "ffd"
+    with pytest.raises(ValueError, match="unknown case 'packing/nope'"):
+        find_case("packing/nope")
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("NVIDIA H100 80GB HBM3", "NVIDIA-H100-80GB-HBM3"), ("NVIDIA H200", "NVIDIA-H200"),
+    ("AMD EPYC", "AMD-EPYC"), ("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz",
+                               "Intel-Xeon-Platinum-8481C")])
+def test_machine_names_come_from_the_device(monkeypatch, name, expected):
+    from kernelsuite.harness import devices
+
+    monkeypatch.setattr(devices, "device_name", lambda device: name)
+    assert devices.machine_name("cpu") == expected
 
 
 def test_cli_rejects_unknown_kernel():
@@ -122,11 +152,18 @@ def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
         case = dc.make_case(4, 64)
         assert case.tokens == 3 * 4 * 64 and case.impls.keys() == {"numba", "torch",
                                                                   "nanogpt_get_batch"}
-        out = {name: fn(case.make_inputs("cpu")) for name, fn in case.impls.items()}
+        inputs = {name: case.make_inputs("cpu") for name in case.impls}
+        out = {name: fn(inputs[name]) for name, fn in case.impls.items()}
         for x, y in out.values():
             assert x.shape == y.shape == (4, 64) and x.dtype == torch.int64
             assert torch.equal(x[:, 1:], y[:, :-1])
         assert all(torch.equal(a, b) for a, b in zip(out["numba"], out["torch"]))
+        # the check: our loader's batch is the reference's, token for token
+        assert check_error(case, "numba", inputs["numba"], out["numba"]) == 0
+        assert check_error(case, "nanogpt_get_batch", inputs["nanogpt_get_batch"],
+                           out["nanogpt_get_batch"]) is None  # random batches: not compared
+        x, y = out["numba"]
+        assert check_error(case, "numba", inputs["numba"], (x, y.roll(1, 0))) > 0
         assert len(list(tmp_path.glob("bench_*.bin"))) == 2
     finally:
         dc.bench_corpus.cache_clear()
@@ -159,6 +196,9 @@ def test_packing_cases_compare_equal_packings(monkeypatch):
             assert 0.15 < (x > 512).mean() < 0.25
         a, b = (case.impls[i](x) for i in ("numba", "python"))
         np.testing.assert_array_equal(a.bin_ids, b.bin_ids)
+        assert check_error(case, "numba", x, a) == 0
+    a.bin_ids[:2] = a.bin_ids[:2][::-1] + 1  # two sequences in other bins
+    assert check_error(case, "numba", x, a) == 2
 
 
 def test_padding_cases_gpu_only_and_correct_on_a_small_shape(monkeypatch):

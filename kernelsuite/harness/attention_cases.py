@@ -4,6 +4,9 @@ GPU sweep (issue 2): batch * seqlen = 16k tokens, heads * head_dim = 2048, head_
 128, causal and not, seqlen 512 to 16k, bf16 and fp16, forward and forward + backward.
 CPU sweep (issue 3): float32, batch 1, 8 heads, head_dim 64 and 128, seqlen 512 to 4096,
 causal and not, forward and forward + backward: the Numba kernels against torch SDPA.
+Modes: fwd (forward), bwd (backward alone: the forward runs once, untimed, and its graph is
+kept) and fwd_bwd (both, as a training step runs them). Each output is checked against
+the reference in float64 on batch 0, head 0 (heads are independent, so the slice is exact).
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..attention import flash_attn_func
+from ..attention import flash_attn_func, reference
 from .cases import Case, register, register_notes
+from .numerics import max_error_of
 
 # FLOPs of the backward relative to the forward (DESIGN.md)
 BWD_FACTOR = 2.5
@@ -81,6 +85,48 @@ def _with_backward(fwd):
     return run
 
 
+def _backward_only(fwd):
+    def run(x):
+        if not hasattr(x, "out"):  # the first (warm-up) call runs the forward, once
+            x.out = fwd(x)
+        return torch.autograd.grad(x.out, (x.q, x.k, x.v), x.dout, retain_graph=True)
+    return run
+
+
+def _head0(t):
+    return t[:1, :, :1]
+
+
+def truth(x, backward):
+    """float64 reference output (and q, k, v gradients) on batch 0, head 0."""
+    q, k, v = (_head0(t).detach().double().requires_grad_(backward) for t in (x.q, x.k, x.v))
+    out = reference.flash_attn_func(q, k, v, causal=x.causal)
+    return torch.autograd.grad(out, (q, k, v), _head0(x.dout).double()) if backward else out
+
+
+def error(output, want):
+    """Max abs error of an implementation's output (or gradients) against truth()."""
+    got = tuple(map(_head0, output)) if isinstance(output, tuple) else _head0(output)
+    return max_error_of(got, want)
+
+
+def _head0(t):
+    return t[:1, :, :1]
+
+
+def truth(x, backward):
+    """float64 reference output (and q, k, v gradients) on batch 0, head 0."""
+    q, k, v = (_head0(t).detach().double().requires_grad_(backward) for t in (x.q, x.k, x.v))
+    out = reference.flash_attn_func(q, k, v, causal=x.causal)
+    return torch.autograd.grad(out, (q, k, v), _head0(x.dout).double()) if backward else out
+
+
+def error(output, want):
+    """Max abs error of an implementation's output (or gradients) against truth()."""
+    got = tuple(map(_head0, output)) if isinstance(output, tuple) else _head0(output)
+    return max_error_of(got, want)
+
+
 @lru_cache(maxsize=None)
 def _sdpa_works(backend, device, dtype) -> bool:
     """SDPA backends differ by build, GPU and dtype: try each once on a tiny problem."""
@@ -93,30 +139,58 @@ def _sdpa_works(backend, device, dtype) -> bool:
         return False
 
 
+# SDPA backends by name; flash and math are the ones torch has on CPU
+SDPA = {"cpu": ("sdpa_flash", "sdpa_math"),
+        "cuda": ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")}
+IMPLS = {"cpu": ["numba", "torch", *SDPA["cpu"]], "cuda": ["triton", "torch", *SDPA["cuda"]]}
+
+
+def _backend(name):
+    from torch.nn.attention import SDPBackend
+
+    return {"sdpa_flash": SDPBackend.FLASH_ATTENTION, "sdpa_cudnn": SDPBackend.CUDNN_ATTENTION,
+            "sdpa_efficient": SDPBackend.EFFICIENT_ATTENTION, "sdpa_math": SDPBackend.MATH}[name]
+
+
+@lru_cache(maxsize=None)
+def _sdpa_works(name, device, dtype) -> bool:
+    """SDPA backends differ by build, GPU and dtype: try each once on a tiny problem."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        return False  # cases for a GPU, listed on a machine without one (asv discovery)
+    x = SimpleNamespace(q=torch.randn(1, 128, 2, 64, device=device, dtype=dtype), causal=True)
+    x.k = x.v = x.q
+    try:
+        _sdpa(_backend(name))(x)
+        return True
+    except RuntimeError:
+        return False
+
+
 def implementations(device, dtype, reference_fits):
     """Ours (Triton on CUDA, Numba on CPU), the reference and SDPA's math backend where their
     O(seqlen^2) memory fits, and every other SDPA backend that runs here."""
-    from torch.nn.attention import SDPBackend
-
-    ours = "triton" if torch.device(device).type == "cuda" else "numba"
+    kind = torch.device(device).type
+    ours = IMPLS[kind][0]
     impls = {ours: _ours(ours)}
     if reference_fits:
         impls["torch"] = _ours("torch")
-    for name, backend in [("sdpa_flash", SDPBackend.FLASH_ATTENTION),
-                          ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
-                          ("sdpa_math", SDPBackend.MATH)]:
+    for name in SDPA[kind]:
         if name == "sdpa_math" and not reference_fits:
             continue
-        if _sdpa_works(backend, device, dtype):
-            impls[name] = _sdpa(backend)
+        if _sdpa_works(name, device, dtype):
+            impls[name] = _sdpa(_backend(name))
     return impls
 
 
-def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, backward,
+MODES = ("fwd", "bwd", "fwd_bwd")
+
+
+def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, mode,
               reference_budget_bytes):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    backward = mode != "fwd"
     dtype_name = str(dtype).replace("torch.", "")
-    mode = "fwd_bwd" if backward else "fwd"
     name = (f"{mode}-{dtype_name}-{'causal' if causal else 'full'}-d{head_dim}-s{seqlen}"
             f"-b{batch}h{heads}")
     # the reference materialises float32 scores, probabilities and their gradients
@@ -124,7 +198,8 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, backward,
         <= reference_budget_bytes
     impls = implementations(device, dtype, reference_fits)
     if backward:
-        impls = {k: _with_backward(fn) for k, fn in impls.items()}
+        wrap = _with_backward if mode == "fwd_bwd" else _backward_only
+        impls = {k: wrap(fn) for k, fn in impls.items()}
 
     def make_inputs(device):
         shape = (batch, seqlen, heads, head_dim)
@@ -136,16 +211,20 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, backward,
         return x
 
     elsize = torch.finfo(dtype).bits // 8
+    flops = attention_flops(batch, heads, seqlen, seqlen, head_dim, causal, backward=backward)
+    nbytes = attention_bytes(batch, heads, seqlen, seqlen, head_dim, elsize, backward)
+    if mode == "bwd":  # the backward's share of both
+        flops -= attention_flops(batch, heads, seqlen, seqlen, head_dim, causal)
+        nbytes -= attention_bytes(batch, heads, seqlen, seqlen, head_dim, elsize)
     return Case(
         kernel="attention", name=name,
         params=dict(mode=mode, dtype=dtype_name, causal=causal, head_dim=head_dim,
                     seqlen=seqlen, batch=batch, heads=heads),
-        flops=attention_flops(batch, heads, seqlen, seqlen, head_dim, causal, backward=backward),
-        bytes=attention_bytes(batch, heads, seqlen, seqlen, head_dim, elsize, backward),
-        make_inputs=make_inputs, impls=impls)
+        flops=flops, bytes=nbytes, make_inputs=make_inputs, impls=impls,
+        truth=lambda x: truth(x, backward), error=error)
 
 
-@register("attention")
+@register("attention", impls=IMPLS)
 def cases(device: str, quick: bool) -> list[Case]:
     out = []
     if torch.device(device).type == "cuda":
@@ -157,7 +236,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         dtypes = [torch.float32]
         head_dims = [64] if quick else [64, 128]
         seqlens = [512, 2048] if quick else [512, 1024, 2048, 4096]
-    for backward in (False, True):
+    for mode in MODES:
         for dtype in dtypes:
             for head_dim in head_dims:
                 for causal in (False, True):
@@ -167,7 +246,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                         else:
                             batch, heads, budget = 1, 8, 2**30
                         out.append(make_case(device, batch, seqlen, heads, head_dim, causal,
-                                             dtype, backward, budget))
+                                             dtype, mode, budget))
     return out
 
 

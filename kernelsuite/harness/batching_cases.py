@@ -6,11 +6,13 @@ reference, capacity 2048 and 8192, two length distributions:
 - mixed: a long-tailed mix, 80% short chat turns (gamma(2, 40) clipped to [8, 512]) and 20%
   documents uniform in [512, capacity].
 The notes print each packing's efficiency beside the lower bound, and pack_for_ranks'
-imbalance over 8 ranks.
+imbalance over 8 ranks. Check: the number of sequences whose bin differs from the
+reference packing (0: the same bins).
 
 padding (CUDA only): unpad_input and pad_input of 64 x 2048 x 4096 bfloat16 with 30%, 50%
 and 70% padding, Triton against the reference gather/scatter. Bytes: the kept rows read
 and written (unpad), the kept rows read and the whole padded tensor written (pad).
+Check: max abs difference from the reference on the same inputs (0: exact).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from ..batching import (ALGORITHMS, pack_for_ranks, pack_sequences, pad_input, reference,
                         unpad_input)
 from .cases import Case, register, register_notes
+from .numerics import max_error_of
 
 N_LENGTHS = 1_000_000
 CAPACITIES = (2048, 8192)
@@ -43,19 +46,34 @@ def _lengths(distribution, capacity, n):
     return np.where(rng.random(n) < 0.8, chat, docs)
 
 
+@lru_cache(maxsize=None)
+def _reference_packing(distribution, capacity, algorithm, n):
+    return reference.pack_sequences(lengths(distribution, capacity), capacity, algorithm)
+
+
+def bins_differing(output, want) -> float:
+    return float(np.count_nonzero(output.bin_ids != want.bin_ids))
+
+
 def packing_case(algorithm, distribution, capacity) -> Case:
     def make_inputs(device):
         return lengths(distribution, capacity)
+
+    def truth(x):
+        if x is lengths(distribution, capacity):  # the case's own lengths: computed once
+            return _reference_packing(distribution, capacity, algorithm, N_LENGTHS)
+        return reference.pack_sequences(x, capacity, algorithm)
 
     return Case(kernel="packing", name=f"{algorithm}-{distribution}-c{capacity}",
                 params=dict(algorithm=algorithm, distribution=distribution,
                             capacity=capacity, n=len(lengths(distribution, capacity))),
                 flops=0.0, bytes=0.0, make_inputs=make_inputs, reference="python",
+                truth=truth, error=bins_differing, devices=("cpu",),
                 impls={"numba": lambda x: pack_sequences(x, capacity, algorithm),
                        "python": lambda x: reference.pack_sequences(x, capacity, algorithm)})
 
 
-@register("packing")
+@register("packing", impls={"cpu": ["numba", "python"]})
 def packing_cases(device: str, quick: bool) -> list[Case]:
     return [packing_case(a, d, c) for d in DISTRIBUTIONS for c in CAPACITIES
             for a in ALGORITHMS]
@@ -119,15 +137,22 @@ def padding_cases_for(fraction, device) -> list[Case]:
     tag = f"p{round(fraction * 100)}"
     return [Case(kernel="padding", name=f"unpad-{tag}", params=dict(op="unpad", **params),
                  flops=0.0, bytes=2 * nnz * dim * elt, make_inputs=unpad_inputs,
-                 impls={"triton": unpad("triton"), "torch": unpad("torch")}),
+                 impls={"triton": unpad("triton"), "torch": unpad("torch")},
+                 truth=unpad("torch"), error=_padding_error, devices=("cuda",)),
             Case(kernel="padding", name=f"pad-{tag}", params=dict(op="pad", **params),
                  flops=0.0, bytes=(nnz + batch * seqlen) * dim * elt, make_inputs=pad_inputs,
-                 impls={"triton": pad("triton"), "torch": pad("torch")})]
+                 impls={"triton": pad("triton"), "torch": pad("torch")},
+                 truth=pad("torch"), error=_padding_error, devices=("cuda",))]
 
 
-@register("padding")
+def _padding_error(output, want):
+    """unpad returns (hidden, indices, cu_seqlens, max_seqlen): compare the tensors."""
+    if isinstance(want, tuple):
+        output, want = output[:3], want[:3]
+    return max_error_of(output, want)
+
+
+@register("padding", impls={"cuda": ["triton", "torch"]})
 def padding_cases(device: str, quick: bool) -> list[Case]:
-    """GPU only: the Triton kernels run on CUDA (the interpreter is a correctness tool)."""
-    if torch.device(device).type != "cuda":
-        return []
+    """GPU only (devices=("cuda",)): the interpreter is a correctness tool, not timed."""
     return [c for f in PADDING for c in padding_cases_for(f, device)]

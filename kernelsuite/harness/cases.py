@@ -1,9 +1,9 @@
 """Benchmark cases, declared once and consumed by pytest-benchmark, asv and the CLI.
 
-A case is one problem (kernel, parameters, how to build inputs, FLOPs and bytes) plus the
-implementations that solve it on a device: the project's kernels, the reference, and the
-best alternatives installed. Each kernel area registers a function
-``cases(device, quick) -> list[Case]`` in REGISTRY.
+A case is one problem (kernel, parameters, how to build inputs, FLOPs and bytes, the
+devices it runs on, how to check an output) plus the implementations that solve it on a
+device: the project's kernels, the reference, and the best alternatives installed. Each
+kernel area registers a function ``cases(device, quick) -> list[Case]`` in REGISTRY.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ class Case:
     impls: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     reference: str = "torch"
     tokens: int = 0  # tokens per call, for data cases (reported as Mtok/s)
+    devices: tuple = ("cpu", "cuda")  # device types the case runs on
+    # truth(inputs) -> the exact answer for those inputs (float64 reference, or the exact
+    # reference of an integer kernel); error(output, truth) -> its max error (0 = exact).
+    # None: the case has no checkable answer. Impls in `unchecked` are not compared (e.g. a
+    # random sampler that draws other batches).
+    truth: Callable[[Any], Any] | None = None
+    error: Callable[[Any, Any], float] | None = None
+    unchecked: tuple = ()
 
     @property
     def id(self) -> str:
@@ -35,13 +43,17 @@ class Case:
 
 
 REGISTRY: dict[str, Callable[[str, bool], list[Case]]] = {}
+# kernel -> device type -> every implementation name its cases may have there, whatever is
+# installed: asv's parameters must not depend on the machine that discovers them
+IMPLEMENTATIONS: dict[str, dict[str, list[str]]] = {}
 # kernel -> fn(device) -> lines printed under the benchmark table (e.g. compile times)
 NOTES: dict[str, Callable[[str], list[str]]] = {}
 
 
-def register(kernel: str):
+def register(kernel: str, impls: dict[str, list[str]]):
     def deco(fn):
         REGISTRY[kernel] = fn
+        IMPLEMENTATIONS[kernel] = impls
         return fn
     return deco
 
@@ -65,7 +77,30 @@ def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Cas
     unknown = [k for k in names if k not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown kernel(s) {unknown}; known: {sorted(REGISTRY)}")
-    return [case for k in names for case in REGISTRY[k](device, quick)]
+    kind = _device_type(device)
+    return [case for k in names for case in REGISTRY[k](device, quick) if kind in case.devices]
+
+
+def implementation_names(kernel: str, device: str) -> list[str]:
+    """Every implementation the kernel's cases may have on this type of device."""
+    _load()
+    return list(IMPLEMENTATIONS[kernel].get(_device_type(device), []))
+
+
+def _device_type(device: str) -> str:
+    import torch
+
+    return torch.device(device).type
+
+
+def find_case(case_id: str, device: str = "cpu") -> Case:
+    """The case named "kernel/name" (from the full sweep) on this device."""
+    kernel, _, name = case_id.partition("/")
+    for case in get_cases([kernel], device, quick=False):
+        if case.name == name:
+            return case
+    known = [c.id for c in get_cases([kernel], device, quick=False)]
+    raise ValueError(f"unknown case {case_id!r} on {device}; known: {known}")
 
 
 def _load():

@@ -3,6 +3,9 @@ nanoGPT-style get_batch, over a >= 1 GiB uint16 corpus the benchmark writes itse
 
 Bytes per batch (the bandwidth the memcpy fraction is taken of): tokens read from the
 shards (batch * (seq_len + 1) * 2) plus x and y written as int64 (2 * batch * seq_len * 8).
+Check: with the same seed, TokenLoader must hand over exactly the reference's batches, so
+the error of a call's last batch is the number of tokens that differ from the reference's
+(nanoGPT's get_batch draws other batches and is not compared).
 """
 
 from __future__ import annotations
@@ -81,6 +84,9 @@ def _batches(make_loader):
     return run
 
 
+IMPLS = ["numba", "torch", "nanogpt_get_batch"]
+
+
 def make_case(batch, seq_len) -> Case:
     def make_inputs(device):
         return dict(paths=bench_corpus(), device=device)
@@ -93,6 +99,9 @@ def make_case(batch, seq_len) -> Case:
             out = nanogpt_get_batch(x["paths"], batch, seq_len, x["device"])
         return out
 
+    def truth(x):  # the reference's batches from the start (x holds the impl's iterator)
+        return _batches(loader(ReferenceTokenLoader))(dict(paths=x["paths"], device=x["device"]))
+
     impls = {"numba": _batches(loader(TokenLoader)),
              "torch": _batches(loader(ReferenceTokenLoader)),
              "nanogpt_get_batch": get_batches}
@@ -100,10 +109,16 @@ def make_case(batch, seq_len) -> Case:
     return Case(kernel="data", name=f"tokens-b{batch}-s{seq_len}",
                 params=dict(batch=batch, seq_len=seq_len, batches_per_call=n), flops=0.0,
                 bytes=n * (batch * (seq_len + 1) * 2 + 2 * batch * seq_len * 8),
-                make_inputs=make_inputs, impls=impls, tokens=n * batch * seq_len)
+                make_inputs=make_inputs, impls=impls, tokens=n * batch * seq_len,
+                truth=truth, error=tokens_differing, unchecked=("nanogpt_get_batch",))
 
 
-@register("data")
+def tokens_differing(output, want) -> float:
+    """Elements of (x, y) that differ from the reference's batch (0: identical)."""
+    return float(sum(int((a.cpu() != b.cpu()).sum()) for a, b in zip(output, want)))
+
+
+@register("data", impls={"cpu": IMPLS, "cuda": IMPLS})
 def cases(device: str, quick: bool) -> list[Case]:
     return [make_case(b, s) for b, s in SHAPES]
 

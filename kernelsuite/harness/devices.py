@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import re
 from functools import lru_cache
 
 import torch
@@ -30,6 +31,24 @@ def device_name(device: str) -> str:
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     return cpu_name()
+
+
+def machine_name(device: str) -> str:
+    """The asv machine name for results measured on device: the GPU model for CUDA, the CPU
+    model otherwise, with runs of anything but letters, digits, '.' and '_' made one '-'
+    (e.g. "NVIDIA-H100-80GB-HBM3", "AMD-EPYC"), so that each device has its own series."""
+    name = re.sub(r"\(R\)|\(TM\)|\bCPU\b|@.*$", "", device_name(device))
+    return re.sub(r"[^A-Za-z0-9._]+", "-", name).strip("-") or "unknown"
+
+
+@lru_cache(maxsize=None)
+def cuda_matmul_flops(device: str = "cuda") -> float:
+    """bfloat16 FLOP/s of an 8192^3 torch matmul on this GPU: the ceiling used for GPUs
+    that are not in PEAKS."""
+    from .timing import time_cuda
+
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    return 2 * 8192 ** 3 / time_cuda(lambda: a @ a).median_s
 
 
 @lru_cache(maxsize=None)
@@ -73,13 +92,19 @@ def copy_bandwidth(device: str) -> float:
     return cpu_copy_bandwidth()
 
 
-def peaks(device: str) -> tuple[float, float | None] | None:
-    """(FLOP/s, bytes/s) for known GPUs; on CPU, measured: (float32 matmul FLOP/s with
-    torch's threads, single-threaded memcpy bytes/s)."""
+def peaks(device: str) -> tuple[float, float]:
+    """(FLOP/s, bytes/s) to take fractions of: the datasheet for GPUs in PEAKS; measured
+    otherwise: on CPU (float32 matmul FLOP/s with torch's threads, single-threaded memcpy
+    bytes/s), on other GPUs (bfloat16 matmul, device-to-device copy)."""
     if torch.device(device).type == "cpu":
         return cpu_matmul_flops(torch.get_num_threads()), cpu_copy_bandwidth()
     name = device_name(device)
     for fragment, value in PEAKS.items():
         if fragment in name:
             return value
-    return None
+    dev = str(torch.device(device))
+    return cuda_matmul_flops(dev), cuda_copy_bandwidth(dev)
+
+
+if __name__ == "__main__":  # `python -m kernelsuite.harness.devices`: this machine's name
+    print(machine_name("cuda" if torch.cuda.is_available() else "cpu"))

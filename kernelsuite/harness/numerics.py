@@ -27,6 +27,15 @@ def max_error(x: torch.Tensor, truth: torch.Tensor) -> float:
     return diff.max().item()
 
 
+def max_error_of(x, truth) -> float:
+    """max_error over a tensor or over matching tuples of tensors (e.g. gradients)."""
+    if isinstance(truth, (tuple, list)):
+        if not isinstance(x, (tuple, list)) or len(x) != len(truth):
+            raise ValueError(f"expected {len(truth)} outputs to compare, got {type(x).__name__}")
+        return max((max_error(a, b) for a, b in zip(x, truth)), default=0.0)
+    return max_error(x, truth)
+
+
 def check_close(name: str, x: torch.Tensor, x_lowp: torch.Tensor, truth: torch.Tensor,
                 dtype: torch.dtype, factor: float = 2.0, floor: float | None = None
                 ) -> tuple[float, float]:

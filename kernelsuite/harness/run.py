@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import numpy as np
@@ -13,37 +14,67 @@ from .devices import copy_bandwidth, device_name, peaks
 from .timing import peak_cpu_bytes, peak_cuda_bytes, time_fn
 
 
+def check_error(case: Case, impl: str, inputs, output) -> float | None:
+    """Max error of an output against the case's truth for the same inputs (None where the
+    case or implementation has nothing to check against)."""
+    if case.truth is None or impl in case.unchecked:
+        return None
+    return float(case.error(output, case.truth(inputs)))
+
+
+def rates(case: Case, median_s: float, device: str) -> dict:
+    """Throughput of one call taking median_s: TFLOP/s, GFLOP/s, GB/s, Mtok/s and frac_peak,
+    the share of the roofline floor max(FLOPs / peak FLOP/s, bytes / peak bandwidth) (see
+    devices.peaks). Cases that only move data are measured against a copy on the same
+    device, measured in this run."""
+    out = dict(tflops=case.flops / median_s / 1e12, gflops=case.flops / median_s / 1e9,
+               gbps=case.bytes / median_s / 1e9 if case.bytes else None, frac_peak=None)
+    if case.tokens:
+        out["mtok_s"] = case.tokens / median_s / 1e6
+    if not case.flops and case.bytes:
+        out["frac_peak"] = case.bytes / copy_bandwidth(device) / median_s
+    elif case.flops:
+        flops, bandwidth = peaks(device)
+        out["frac_peak"] = max(case.flops / flops, case.bytes / bandwidth) / median_s
+    return out
+
+
+def peak_bytes(fn, device: str) -> int | None:
+    """Peak memory of one call: GPU allocations on CUDA, resident-set growth on CPU."""
+    return peak_cuda_bytes(fn) if torch.device(device).type == "cuda" else peak_cpu_bytes(fn)
+
+
 def measure(case: Case, impl: str, device: str) -> dict:
-    """Time one implementation of one case; returns a row of metrics."""
+    """Time one implementation of one case; returns a row of metrics. The first call (also
+    a warm-up) is checked against the case's truth."""
     inputs = case.make_inputs(device)
     work = case.impls[impl]
 
     def fn():
         return work(inputs)
 
+    error = check_error(case, impl, inputs, fn())
     timing = time_fn(fn, device)
-    row = dict(kernel=case.kernel, case=case.name, impl=impl, reference=case.reference,
-               device=device_name(device),
-               **case.params, median_ms=timing.median_s * 1e3, q20_ms=timing.q20_s * 1e3,
-               q80_ms=timing.q80_s * 1e3, runs=timing.runs, threads=timing.threads,
-               tflops=case.flops / timing.median_s / 1e12,
-               gflops=case.flops / timing.median_s / 1e9,
-               gbps=case.bytes / timing.median_s / 1e9 if case.bytes else None)
-    if case.tokens:
-        row["mtok_s"] = case.tokens / timing.median_s / 1e6
-    # fraction of the roofline floor: max(FLOPs / peak FLOP/s, bytes / peak bandwidth); on
-    # CPU the peaks are the measured float32 matmul rate and memcpy bandwidth. Cases that
-    # only move data are measured against a copy on the same device, measured in this run.
-    row["frac_peak"] = None
-    if not case.flops and case.bytes:
-        row["frac_peak"] = case.bytes / copy_bandwidth(device) / timing.median_s
-    elif case.flops and (peak := peaks(device)):
-        floor_s = max(case.flops / peak[0], case.bytes / peak[1] if peak[1] else 0.0)
-        row["frac_peak"] = floor_s / timing.median_s
-    cuda = torch.device(device).type == "cuda"
-    peak_bytes = peak_cuda_bytes(fn) if cuda else peak_cpu_bytes(fn)
-    row["peak_mem_mb"] = None if peak_bytes is None else peak_bytes / 2**20
-    return row
+    peak = peak_bytes(fn, device)
+    return dict(kernel=case.kernel, case=case.name, impl=impl, reference=case.reference,
+                device=device_name(device), **case.params,
+                median_ms=timing.median_s * 1e3, q20_ms=timing.q20_s * 1e3,
+                q80_ms=timing.q80_s * 1e3, runs=timing.runs, threads=timing.threads,
+                **rates(case, timing.median_s, device),
+                peak_mem_mb=None if peak is None else peak / 2**20, max_error=error)
+
+
+def show_progress(done: int, total: int, text: str, stream=None):
+    """A progress bar on a terminal (redrawn in place), one line per step otherwise."""
+    stream = stream or sys.stderr
+    bar = "#" * (20 * done // max(total, 1))
+    line = f"[{bar:<20}] {done}/{total} {text}"
+    if stream.isatty():
+        end = "\n" if done == total else ""
+        stream.write(f"\r\033[K{line[:shutil.get_terminal_size().columns - 1]}{end}")
+    else:
+        stream.write(line + "\n")
+    stream.flush()
 
 
 def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
@@ -51,13 +82,14 @@ def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
     jobs = [(c, i) for c in cases for i in c.impls if impls is None or i in impls]
     rows = []
     for n, (case, impl) in enumerate(jobs, 1):
+        if progress and sys.stderr.isatty():  # what is running now
+            show_progress(n - 1, len(jobs), f"{case.id} {impl} ...")
         row = measure(case, impl, device)
         rows.append(row)
         if progress:
             rate = (f"{row['tflops']:.2f} TFLOP/s" if case.flops
                     else f"{row['gbps']:.2f} GB/s" if case.bytes else "")
-            print(f"[{n}/{len(jobs)}] {case.id} {impl}: {row['median_ms']:.3f} ms {rate}",
-                  file=sys.stderr, flush=True)
+            show_progress(n, len(jobs), f"{case.id} {impl}: {row['median_ms']:.3f} ms {rate}")
     return add_speedups(pd.DataFrame(rows))
 
 
@@ -75,7 +107,7 @@ def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
 
 
 COLUMNS = ["case", "impl", "median_ms", "RATE", "mtok_s", "frac_peak", "vs_best_alt",
-           "vs_reference", "peak_mem_mb"]
+           "vs_reference", "peak_mem_mb", "max_error"]
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -101,6 +133,10 @@ def format_table(df: pd.DataFrame) -> str:
         head += (f"; frac_peak of data-movement cases = share of a device-to-device copy "
                  f"measured in this run ({copy_bandwidth('cuda') / 1e9:.0f} GB/s read + "
                  f"written on {cuda})")
+    if "max_error" in cols:
+        head += ("; max_error = largest difference from the exact answer (attention: the "
+                 "float64 reference on batch 0, head 0; loader, packing: elements that "
+                 "differ from the reference)")
     table = df[cols].to_markdown(index=False, floatfmt=".3g")
     return head + "\n\n" + table + "\n\n" + summary(df)
 

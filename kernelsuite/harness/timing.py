@@ -41,8 +41,29 @@ def time_cuda(fn, warmup_ms: float = 25, rep_ms: float = 200) -> Timing:
     return Timing(med / 1e3, q20 / 1e3, q80 / 1e3, runs)
 
 
+_CUDA = {}
+
+
+def flush_l2():
+    """Overwrite a buffer larger than any GPU's L2 cache (256 MiB), so the next call starts
+    cold, as do_bench does between runs."""
+    if "flush" not in _CUDA:
+        _CUDA["flush"] = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
+    _CUDA["flush"].zero_()
+
+
+def cuda_clock() -> float:
+    """Seconds on the GPU's clock, for pytest-benchmark's timer: records a CUDA event on the
+    current stream, waits for it, and returns its time since the first such event. Two
+    readings around a call measure the GPU time from the first to the last of its work."""
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    event.synchronize()
+    base = _CUDA.setdefault("clock", event)
+    return base.elapsed_time(event) / 1e3
+
+
 def _time_cuda_events(fn, warmup_ms, rep_ms):
-    flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")  # larger than any L2
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -55,7 +76,7 @@ def _time_cuda_events(fn, warmup_ms, rep_ms):
         fn()
     times = []
     for _ in range(max(5, int(rep_ms / est_ms))):
-        flush.zero_()
+        flush_l2()
         start.record()
         fn()
         end.record()
