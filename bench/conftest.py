@@ -1,4 +1,10 @@
-"""pytest-benchmark over the harness registry: `pytest bench/ --benchmark-only [--bench-all]`."""
+"""pytest-benchmark over the harness registry: `pytest bench/ --benchmark-only [--bench-all]`.
+
+Each test is one (case, implementation); groups are cases (kernel/shape), so each group
+compares implementations side by side. Speedups against the case's reference and its
+fastest alternative (vs_reference, vs_best_alt) are computed from the medians of the same
+session and written into each benchmark's extra_info in the saved JSON, and printed.
+"""
 
 import pytest
 import torch
@@ -25,3 +31,42 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+def _speedups(rows):
+    """rows: dicts with group, impl, reference, median (s). Adds vs_reference and
+    vs_best_alt (harness.run.add_speedups), in the same order."""
+    import pandas as pd
+
+    from kernelsuite.harness.run import add_speedups
+
+    df = pd.DataFrame(rows).rename(columns={"group": "case"})
+    df["median_ms"] = df.pop("median") * 1e3
+    return add_speedups(df)
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    done = [b for b in output_json["benchmarks"]
+            if b.get("stats") and "impl" in b.get("extra_info", {})]
+    if not done:
+        return
+    df = _speedups([dict(group=b["group"], impl=b["extra_info"]["impl"],
+                         reference=b["extra_info"]["reference"], median=b["stats"]["median"])
+                    for b in done])
+    for b, vs_ref, vs_alt in zip(done, df.vs_reference, df.vs_best_alt):
+        b["extra_info"]["vs_reference"] = None if vs_ref != vs_ref else float(vs_ref)
+        b["extra_info"]["vs_best_alt"] = None if vs_alt != vs_alt else float(vs_alt)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    session = getattr(config, "_benchmarksession", None)
+    rows = [dict(group=b.group, impl=b.extra_info["impl"], reference=b.extra_info["reference"],
+                 median=b.stats.median)
+            for b in getattr(session, "benchmarks", []) if b.stats and "impl" in b.extra_info]
+    if rows:
+        df = _speedups(rows)
+        terminalreporter.write_sep("-", "speedups in this session (median of the reference, "
+                                        "or of the fastest alternative, / median)")
+        cols = [c for c in ("case", "impl", "median_ms", "vs_reference", "vs_best_alt")
+                if df[c].notna().any()]
+        terminalreporter.write_line(df[cols].to_markdown(index=False, floatfmt=".3g"))

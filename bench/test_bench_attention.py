@@ -1,8 +1,10 @@
-"""Attention: our kernels vs the reference vs every torch SDPA backend, per shape.
+"""Attention: our kernels vs the reference vs every torch SDPA backend, per shape and mode
+(fwd, bwd, fwd_bwd).
 
 Groups are cases (one shape, dtype, mask and mode); compare the rows within a group.
-extra_info carries TFLOP/s and GB/s. GPU timings here are host-clocked around a
-synchronised call; `kernelsuite bench` times with CUDA events and an L2 flush.
+extra_info carries TFLOP/s, GB/s, frac_peak, peak memory, max error against the float64
+reference and, in the saved JSON, the speedups. GPU rounds are timed with CUDA events after
+an L2 flush (bench_helpers).
 """
 
 from bench_helpers import bench_case

@@ -1,0 +1,15 @@
+"""Every kernel area of the harness registry, on CPU and on CUDA, as asv benchmarks:
+suites.AttentionCPU.time_call, suites.PaddingCUDA.track_gbps, ... (see _harness.py).
+Run the CPU classes with `asv run --bench 'CPU\\.'`, the GPU ones with `--bench 'CUDA\\.'`.
+"""
+
+from kernelsuite.harness.cases import REGISTRY, _load
+
+from ._harness import suite
+
+_load()
+for _kernel in sorted(REGISTRY):
+    for _device in ("cpu", "cuda"):
+        _cls = suite(_kernel, _device)
+        if _cls is not None:
+            globals()[_cls.__name__] = _cls
