@@ -1,4 +1,4 @@
-"""`kernelsuite` command line: `kernelsuite bench [--all] [KERNEL ...]`, `kernelsuite shards`."""
+"""`kernelsuite` command line: bench, report, compare, profile, shards."""
 
 from __future__ import annotations
 
@@ -23,6 +23,62 @@ def _bench(args) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     return 0
+
+
+def _report(args) -> int:
+    import pandas as pd
+
+    from .harness.report import read_asv, read_pytest_benchmark, write_report
+
+    long = pd.concat([read_asv(args.asv_results), read_pytest_benchmark(args.pytest_json)])
+    if long.empty:
+        print(f"kernelsuite report: error: no results in {args.asv_results} or "
+              f"{args.pytest_json}", file=sys.stderr)
+        return 2
+    for path in write_report(long, args.out):
+        print(path)
+    return 0
+
+
+def _compare(args) -> int:
+    from .harness.devices import machine_name
+    from .harness.report import read_asv, regressions
+
+    machine = args.machine or machine_name("cuda" if _cuda() else "cpu")
+    try:
+        worse = regressions(read_asv(args.asv_results), machine, args.base, args.head,
+                            args.factor)
+    except ValueError as e:
+        print(f"kernelsuite compare: error: {e}", file=sys.stderr)
+        return 2
+    if worse.empty:
+        print(f"no significant regression on {machine} from {args.base} to {args.head} "
+              f"(factor {args.factor})")
+        return 0
+    print(f"{len(worse)} significant regression(s) on {machine} from {args.base} to "
+          f"{args.head} (factor {args.factor}):\n")
+    print(worse.to_markdown(index=False, floatfmt=".4g"))
+    return 1
+
+
+def _profile(args) -> int:
+    from .harness.profile import profile
+
+    try:
+        files = profile(args.case, args.impl, args.device, args.out, args.seconds,
+                        args.native)
+    except (ValueError, RuntimeError) as e:
+        print(f"kernelsuite profile: error: {e}", file=sys.stderr)
+        return 2
+    for path in files:
+        print(path)
+    return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _shards(args) -> int:
@@ -73,6 +129,36 @@ def main(argv=None) -> int:
     bench.add_argument("--markdown", help="also write the table to this file")
     bench.add_argument("--csv", help="also write every measured row to this CSV file")
     bench.set_defaults(func=_bench)
+    report = sub.add_parser("report", help="tables (Markdown, CSV) and plots per kernel from "
+                                           "the asv results of every machine and "
+                                           "pytest-benchmark JSON")
+    report.add_argument("--asv-results", default="bench/asv_results",
+                        help="asv results directory (default: bench/asv_results)")
+    report.add_argument("--pytest-json", nargs="*", default=[], metavar="FILE",
+                        help="pytest-benchmark JSON files (--benchmark-json/--benchmark-save)")
+    report.add_argument("--out", default="bench/report", help="output folder "
+                                                              "(default: bench/report)")
+    report.set_defaults(func=_report)
+    compare = sub.add_parser("compare", help="exit 1 when asv results of HEAD are "
+                                             "significantly worse than BASE's")
+    compare.add_argument("base", help="base commit (hash, may be abbreviated)")
+    compare.add_argument("head", help="new commit")
+    compare.add_argument("--machine", help="asv machine (default: this machine's name)")
+    compare.add_argument("--factor", type=float, default=1.2,
+                         help="how much worse counts (default 1.2: 20%%)")
+    compare.add_argument("--asv-results", default="bench/asv_results")
+    compare.set_defaults(func=_compare)
+    prof = sub.add_parser("profile", help="profile one case: py-spy on CPU, torch.profiler "
+                                          "on CUDA, into OUT/<kernel>/<case>/")
+    prof.add_argument("case", help="case id, kernel/name (e.g. packing/ffd-mixed-c2048)")
+    prof.add_argument("--impl", help="implementation (default: the project's own)")
+    prof.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    prof.add_argument("--out", default="profiles", help="output root (default: profiles)")
+    prof.add_argument("--seconds", type=float, default=5.0,
+                      help="CPU: seconds of calls to sample (default 5)")
+    prof.add_argument("--native", action="store_true",
+                      help="CPU: include native (C/C++) frames in py-spy's samples")
+    prof.set_defaults(func=_profile)
     shards = sub.add_parser(
         "shards", help="build token shards from text and a tokenizer, or from .npy arrays",
         description="Write token shards (see kernelsuite.data.shards) into OUT: from text "

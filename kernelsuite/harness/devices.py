@@ -37,7 +37,12 @@ def machine_name(device: str) -> str:
     """The asv machine name for results measured on device: the GPU model for CUDA, the CPU
     model otherwise, with runs of anything but letters, digits, '.' and '_' made one '-'
     (e.g. "NVIDIA-H100-80GB-HBM3", "AMD-EPYC"), so that each device has its own series."""
-    name = re.sub(r"\(R\)|\(TM\)|\bCPU\b|@.*$", "", device_name(device))
+    return sanitize(device_name(device))
+
+
+def sanitize(name: str) -> str:
+    """A device name as a machine name (see machine_name)."""
+    name = re.sub(r"\(R\)|\(TM\)|\bCPU\b|@.*$", "", name)
     return re.sub(r"[^A-Za-z0-9._]+", "-", name).strip("-") or "unknown"
 
 
