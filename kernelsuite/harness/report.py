@@ -261,7 +261,7 @@ def regressions(long: pd.DataFrame, machine: str, base: str, head: str,
         return sel.set_index(["benchmark", "case", "impl"])
 
     a, b = pick(base), pick(head)
-    both = a.join(b, lsuffix="_base", rsuffix="_head", how="inner")
+    both = a.merge(b, left_index=True, right_index=True, suffixes=("_base", "_head"))
     rows = []
     for key, r in both.iterrows():
         up = r.metric_base not in LARGER_IS_BETTER  # smaller is better
