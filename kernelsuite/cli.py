@@ -66,7 +66,7 @@ def _profile(args) -> int:
 
     try:
         files = profile(args.case, args.impl, args.device, args.out, args.seconds,
-                        args.native)
+                        args.native, tool=args.tool)
     except (ValueError, RuntimeError) as e:
         print(f"kernelsuite profile: error: {e}", file=sys.stderr)
         return 2
@@ -158,6 +158,8 @@ def main(argv=None) -> int:
                       help="CPU: seconds of calls to sample (default 5)")
     prof.add_argument("--native", action="store_true",
                       help="CPU: include native (C/C++) frames in py-spy's samples")
+    prof.add_argument("--tool", choices=["auto", "py-spy", "torch"], default="auto",
+                      help="auto (default): torch.profiler on CUDA, py-spy on CPU")
     prof.set_defaults(func=_profile)
     shards = sub.add_parser(
         "shards", help="build token shards from text and a tokenizer, or from .npy arrays",

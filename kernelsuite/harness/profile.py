@@ -4,7 +4,7 @@ CPU cases: py-spy samples a child process that calls the case in a loop (after a
 so compilation stays out), twice: a flame graph (SVG) and a speedscope JSON. --native adds
 C/C++ frames (numpy, torch, libc); Numba's compiled code has no symbols and shows as
 addresses under the Python call that entered it.
-CUDA cases: torch.profiler over a few calls: a Chrome trace (chrome://tracing or
+CUDA cases (or --tool torch): torch.profiler over a few calls: a Chrome trace (chrome://tracing or
 https://ui.perfetto.dev), the key_averages table sorted by GPU time, and a memory timeline.
 Everything goes to OUT/<kernel>/<case>/ (OUT: profiles/ by default).
 """
@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -44,7 +45,10 @@ def default_impl(case) -> str:
 
 def profile(case_id: str, impl: str | None = None, device: str | None = None,
             out: str = "profiles", seconds: float = 5.0, native: bool = False,
-            rate: int = 250) -> list[Path]:
+            rate: int = 250, tool: str = "auto") -> list[Path]:
+    """tool: "py-spy", "torch" (torch.profiler) or "auto" (torch on CUDA, py-spy on CPU)."""
+    if tool not in ("auto", "py-spy", "torch"):
+        raise ValueError(f"tool must be auto, py-spy or torch, got {tool!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     case = find_case(case_id, device)
     impl = impl or default_impl(case)
@@ -53,7 +57,8 @@ def profile(case_id: str, impl: str | None = None, device: str | None = None,
                          f"choose from {list(case.impls)}")
     folder = Path(out) / case.kernel / case.name
     folder.mkdir(parents=True, exist_ok=True)
-    if torch.device(device).type == "cuda":
+    cuda = torch.device(device).type == "cuda"
+    if tool == "torch" or tool == "auto" and cuda:
         return _torch_profile(case, impl, device, folder)
     return _py_spy(case, impl, device, folder, seconds, native, rate)
 
@@ -118,6 +123,33 @@ def top_frames(speedscope_json, limit: int = 20) -> str:
     lines += ["", "total: time in Python functions and what they called"]
     lines += [f"{100 * t / seconds:6.1f}  {name}" for name, t in under.most_common(limit)]
     return "\n".join(lines) + "\n"
+
+
+def _torch_profile(case, impl, device, folder, calls: int = 5) -> list[Path]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = torch.device(device).type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    inputs = case.make_inputs(device)
+    work = case.impls[impl]
+    work(inputs)  # warm-up: autotuning and compilation stay out of the trace
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=activities, record_shapes=True, profile_memory=True,
+                       with_stack=True) as prof:
+        for _ in range(calls):
+            work(inputs)
+        sync()
+    trace, table, memory = (folder / f"trace-{impl}.json", folder / f"key_averages-{impl}.txt",
+                            folder / f"memory-{impl}.html")
+    prof.export_chrome_trace(str(trace))
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    table.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
+    with warnings.catch_warnings():  # deprecated in newer torch, still the one-file view
+        warnings.simplefilter("ignore", FutureWarning)
+        prof.export_memory_timeline(str(memory), device=str(torch.device(device)))
+    return [trace, table, memory]
 
 
 if __name__ == "__main__":  # the child py-spy records: CASE IMPL DEVICE SECONDS
