@@ -3,6 +3,11 @@
 # The README's test command, and what .ci/run runs. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the dashboard test opens the published asv dashboard in headless Chromium (Debian's)
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/dev/null 2>&1 || echo "ci/test.sh: could not install chromium" >&2
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c ci/constraints.txt -e ".[dev]"
