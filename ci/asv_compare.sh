@@ -4,7 +4,9 @@
 # more than FACTOR (default 1.2) with non-overlapping 99% confidence intervals where asv
 # has them (kernelsuite compare). asv continuous needs an environment it can build; this
 # project benchmarks the Python it runs in ("existing"), so each commit is checked out in
-# a git worktree and put first on PYTHONPATH while asv runs its own suite there.
+# a git worktree and asv runs that checkout's suite, which imports that checkout's code
+# (bench/asv_bench/__init__.py; asv does not pass PYTHONPATH on). Commits older than that
+# file measure the installed kernelsuite instead: compare commits from 2026-11-22 on.
 #
 #   ci/asv_compare.sh BASE [HEAD] [asv run arguments, default: --bench 'CPU\.' or 'CUDA\.']
 #   e.g. ci/asv_compare.sh HEAD~1 HEAD --bench 'PackingCPU'
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.."
 base=$(git rev-parse --verify "$1^{commit}")
 head=$(git rev-parse --verify "${2:-HEAD}^{commit}")
 shift $(( $# >= 2 ? 2 : 1 ))
-PY=${PYTHON:-$PWD/.venv/bin/python}
+PY=${PYTHON:-$PWD/.venv/bin/python3}  # python3: the environment name asv results carry
 FACTOR=${FACTOR:-1.2}
 machine=$("$PY" -m kernelsuite.harness.devices)
 if [ $# -eq 0 ]; then
@@ -32,7 +34,7 @@ trap 'git worktree prune; rm -rf "$work"' EXIT
 for sha in "$base" "$head"; do
     tree="$work/${sha:0:8}"
     git worktree add --detach --quiet "$tree" "$sha"
-    (cd "$tree" && PYTHONPATH="$tree" "$PY" -m asv run --python=same --machine "$machine" \
+    (cd "$tree" && "$PY" -m asv run --python=same --machine "$machine" \
         --set-commit-hash "$sha" "$@")
     mkdir -p "bench/asv_results/$machine"
     cp "$tree/bench/asv_results/$machine/${sha:0:8}"-*.json "bench/asv_results/$machine/"
