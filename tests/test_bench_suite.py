@@ -5,6 +5,7 @@ profile of a CPU case, and the asv dashboard rendering its graphs in headless Ch
 import functools
 import http.server
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,11 +19,14 @@ CASE = "greedy-gamma-c2048"  # 1M lengths: Numba ~1 ms, the Python reference ~0.
 
 
 def _pytest_bench(tmp_path, *args):
+    # a pytest of its own: under xdist, PYTEST_XDIST_WORKER in the environment would make
+    # pytest-benchmark disable itself
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "bench/test_bench_packing.py", "-q", "-p",
          "no:cacheprovider", "--benchmark-only", "-k", CASE,
          f"--benchmark-storage=file://{tmp_path}", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_pytest_benchmark_saves_metrics_and_compares_runs(tmp_path):
