@@ -110,35 +110,6 @@ def error(output, want):
     return max_error_of(got, want)
 
 
-def _head0(t):
-    return t[:1, :, :1]
-
-
-def truth(x, backward):
-    """float64 reference output (and q, k, v gradients) on batch 0, head 0."""
-    q, k, v = (_head0(t).detach().double().requires_grad_(backward) for t in (x.q, x.k, x.v))
-    out = reference.flash_attn_func(q, k, v, causal=x.causal)
-    return torch.autograd.grad(out, (q, k, v), _head0(x.dout).double()) if backward else out
-
-
-def error(output, want):
-    """Max abs error of an implementation's output (or gradients) against truth()."""
-    got = tuple(map(_head0, output)) if isinstance(output, tuple) else _head0(output)
-    return max_error_of(got, want)
-
-
-@lru_cache(maxsize=None)
-def _sdpa_works(backend, device, dtype) -> bool:
-    """SDPA backends differ by build, GPU and dtype: try each once on a tiny problem."""
-    x = SimpleNamespace(q=torch.randn(1, 128, 2, 64, device=device, dtype=dtype), causal=True)
-    x.k = x.v = x.q
-    try:
-        _sdpa(backend)(x)
-        return True
-    except RuntimeError:
-        return False
-
-
 # SDPA backends by name; flash and math are the ones torch has on CPU
 SDPA = {"cpu": ("sdpa_flash", "sdpa_math"),
         "cuda": ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")}
