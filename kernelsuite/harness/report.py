@@ -16,6 +16,7 @@ import ast
 import json
 import math
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -125,22 +126,22 @@ def latest(long: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+@lru_cache(maxsize=None)
+def registry_cases() -> dict:
+    """(kernel, case name) -> Case, for every case of the full sweep on either device."""
+    _load()
+    return {(k, c.name): c for k in REGISTRY for d in ("cpu", "cuda")
+            for c in get_cases([k], d, quick=False)}
+
+
 def reference_impls() -> dict:
     """kernel -> the implementation its cases are measured against."""
-    _load()
-    out = {}
-    for kernel in REGISTRY:
-        for device in ("cpu", "cuda"):
-            for case in get_cases([kernel], device, quick=True)[:1]:
-                out[kernel] = case.reference
-    return out
+    return {kernel: case.reference for (kernel, _), case in registry_cases().items()}
 
 
 def case_params() -> dict:
-    """(kernel, case name) -> parameters, for every case on either device."""
-    _load()
-    return {(k, c.name): c.params for k in REGISTRY for d in ("cpu", "cuda")
-            for c in get_cases([k], d, quick=False)}
+    """(kernel, case name) -> parameters."""
+    return {key: case.params for key, case in registry_cases().items()}
 
 
 def _fmt(df: pd.DataFrame) -> str:
