@@ -23,7 +23,7 @@ def pytest_generate_tests(metafunc):
     from kernelsuite.harness.cases import get_cases
 
     kernel = metafunc.module.KERNEL
-    cases = get_cases([kernel], DEVICE, quick=not metafunc.config.getoption("--bench-all"))
+    cases = get_cases([kernel], DEVICE, "all" if metafunc.config.getoption("--bench-all") else "quick")
     pairs = [(c, impl) for c in cases for impl in c.impls]
     metafunc.parametrize("case_impl", pairs, ids=[f"{c.name}-{impl}" for c, impl in pairs])
 

@@ -1,4 +1,5 @@
-"""`kernelsuite` command line: bench, report, compare, profile, shards."""
+"""`kernelsuite` command line: bench, report, compare, profile, roofline, hopper-static,
+shards."""
 
 from __future__ import annotations
 
@@ -7,15 +8,24 @@ import sys
 
 
 def _bench(args) -> int:
+    import os
+
     import torch
 
+    cuda = torch.cuda.is_available()
+    if args.tiny and not cuda:  # the GPU cases' Triton kernels, run by the interpreter
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     from .harness.cases import get_cases, get_notes
     from .harness.run import format_table, run_cases
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cases = get_cases(args.kernels, device, quick=not args.all)
+    device = args.device or ("cuda" if cuda else "cpu")
+    if args.tiny:  # the GPU's cases (implementations, kernels) at toy shapes, on device
+        cases = get_cases(args.kernels, "cuda", "tiny")
+    else:
+        cases = get_cases(args.kernels, device, "all" if args.all else "quick")
     df = run_cases(cases, device, impls=args.impl)
-    table = "\n\n".join([format_table(df)] + get_notes(args.kernels, device))
+    notes = [] if args.tiny else get_notes(args.kernels, device)
+    table = "\n\n".join([format_table(df)] + notes)
     print(table)
     if args.markdown:
         with open(args.markdown, "w") as f:
@@ -23,6 +33,19 @@ def _bench(args) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     return 0
+
+
+def _roofline(args) -> int:
+    from .harness.roofline import write
+
+    print(write(args.gpu, args.out))
+    return 0
+
+
+def _hopper_static(args) -> int:
+    from .harness import hopper
+
+    return hopper.main(args.rest)
 
 
 def _report(args) -> int:
@@ -62,11 +85,16 @@ def _compare(args) -> int:
 
 
 def _profile(args) -> int:
+    if args.gpu_case and not _cuda():  # the GPU case's Triton code, interpreted
+        import os
+
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     from .harness.profile import profile
 
     try:
         files = profile(args.case, args.impl, args.device, args.out, args.seconds,
-                        args.native, tool=args.tool)
+                        args.native, tool=args.tool,
+                        listing="cuda" if args.gpu_case else None)
     except (ValueError, RuntimeError) as e:
         print(f"kernelsuite profile: error: {e}", file=sys.stderr)
         return 2
@@ -124,6 +152,9 @@ def main(argv=None) -> int:
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick subset (the default)")
     size.add_argument("--all", action="store_true", help="the full sweep")
+    size.add_argument("--tiny", action="store_true",
+                      help="a dry run: the GPU's cases and implementations at toy shapes, on "
+                           "this machine (without CUDA: CPU tensors, Triton interpreted)")
     bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
     bench.add_argument("--impl", action="append", help="only this implementation (repeatable)")
     bench.add_argument("--markdown", help="also write the table to this file")
@@ -160,7 +191,21 @@ def main(argv=None) -> int:
                       help="CPU: include native (C/C++) frames in py-spy's samples")
     prof.add_argument("--tool", choices=["auto", "py-spy", "torch"], default="auto",
                       help="auto (default): torch.profiler on CUDA, py-spy on CPU")
+    prof.add_argument("--gpu-case", action="store_true",
+                      help="CASE is one of the GPU's cases, run on --device (a dry run on "
+                           "CPU: Triton under the interpreter)")
     prof.set_defaults(func=_profile)
+    roof = sub.add_parser("roofline", help="FLOPs, bytes and the roofline floor of every GPU "
+                                           "benchmark case, as a Markdown table")
+    roof.add_argument("--gpu", default="H200", help="H100 or H200 (default H200)")
+    roof.add_argument("--out", help="default: bench/report/roofline-GPU.md")
+    roof.set_defaults(func=_roofline)
+    static = sub.add_parser("hopper-static", add_help=False,
+                            help="registers, spills, shared memory, wgmma/TMA and occupancy of "
+                                 "every Triton kernel config on sm_90, compiled without a GPU "
+                                 "(bench/report/hopper-static.md; --help for options)")
+    static.add_argument("rest", nargs=argparse.REMAINDER)
+    static.set_defaults(func=_hopper_static)
     shards = sub.add_parser(
         "shards", help="build token shards from text and a tokenizer, or from .npy arrays",
         description="Write token shards (see kernelsuite.data.shards) into OUT: from text "

@@ -94,6 +94,28 @@ def test_torch_profiler_trace_of_an_attention_case(tmp_path):
     assert (folder / "memory-torch.html").stat().st_size > 0
 
 
+def test_profile_of_a_gpu_case_on_the_cpu_without_allocations(tmp_path, monkeypatch):
+    """--gpu-case finds a GPU case (the dry run profiles them on the CPU); a call that
+    allocates nothing torch tracks (the Numba loader's batches come from numpy) gets a note
+    instead of a memory timeline, not a crash."""
+    from kernelsuite import cli
+    from kernelsuite.harness import data_cases
+
+    monkeypatch.setenv("KERNELSUITE_BENCH_DATA", str(tmp_path / "corpus"))
+    data_cases._corpus.cache_clear()
+    case = "data/tokens-b4-s128"
+    assert cli.main(["profile", case, "--tool", "torch", "--device", "cpu", "--gpu-case",
+                     "--out", str(tmp_path)]) == 0
+    folder = tmp_path / case
+    assert (folder / "trace-numba.json").stat().st_size > 0
+    memory = folder / "memory-numba.txt"
+    if memory.exists():
+        assert "recorded no allocation" in memory.read_text()
+    else:
+        assert (folder / "memory-numba.html").stat().st_size > 0
+    assert cli.main(["profile", "padding/pad-p50-4x64x64", "--device", "cpu"]) == 2  # GPU's
+
+
 def _serve(directory):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler,
                                 directory=str(directory))

@@ -56,7 +56,7 @@ def test_run_cases_reports_speedups_from_the_same_run():
 
 @pytest.mark.parametrize("mode", ac.MODES)
 def test_cpu_attention_cases_run_every_implementation_they_list(mode):
-    cases = get_cases(["attention"], "cpu", quick=True)
+    cases = get_cases(["attention"], "cpu", "quick")
     assert {c.params["mode"] for c in cases} == set(ac.MODES)
     case = min((c for c in cases if c.params["mode"] == mode), key=lambda c: c.flops)
     outs = {}
@@ -77,7 +77,7 @@ def test_cpu_attention_cases_run_every_implementation_they_list(mode):
 def test_every_case_declares_its_implementations_and_devices():
     for kernel in REGISTRY:
         for device in ("cpu", "cuda"):  # GPU cases are listed without a GPU (asv discovery)
-            for case in get_cases([kernel], device, quick=False):
+            for case in get_cases([kernel], device, "all"):
                 assert set(case.impls) <= set(implementation_names(kernel, device)), case.id
                 assert torch.device(device).type in case.devices and case.reference in \
                     implementation_names(kernel, device)
@@ -139,23 +139,22 @@ def test_numba_compile_is_cached_across_processes():
 
 
 def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
-    """The data benchmark's three implementations on a small corpus: int64 windows, y is x
+    """The data benchmark's three implementations on its tiny corpus: int64 windows, y is x
     shifted by one token, and our loader matches the reference."""
     from kernelsuite.harness import data_cases as dc
 
     monkeypatch.setenv("KERNELSUITE_BENCH_DATA", str(tmp_path))
-    monkeypatch.setattr(dc, "SHARDS", 2)
-    monkeypatch.setattr(dc, "SHARD_TOKENS", 5000)
-    monkeypatch.setattr(dc, "BATCHES_PER_CALL", 3)
-    dc.bench_corpus.cache_clear()
+    dc._corpus.cache_clear()
     try:
-        case = dc.make_case(4, 64)
-        assert case.tokens == 3 * 4 * 64 and case.impls.keys() == {"numba", "torch",
-                                                                  "nanogpt_get_batch"}
+        (case,) = get_cases(["data"], "cpu", "tiny")
+        batch, seq_len = dc.TINY["shape"]
+        assert case.tokens == dc.TINY["batches"] * batch * seq_len
+        assert case.host_bytes == 2 * 8 * case.tokens  # x and y as int64
+        assert case.impls.keys() == {"numba", "torch", "nanogpt_get_batch"}
         inputs = {name: case.make_inputs("cpu") for name in case.impls}
         out = {name: fn(inputs[name]) for name, fn in case.impls.items()}
         for x, y in out.values():
-            assert x.shape == y.shape == (4, 64) and x.dtype == torch.int64
+            assert x.shape == y.shape == (batch, seq_len) and x.dtype == torch.int64
             assert torch.equal(x[:, 1:], y[:, :-1])
         assert all(torch.equal(a, b) for a, b in zip(out["numba"], out["torch"]))
         # the check: our loader's batch is the reference's, token for token
@@ -164,9 +163,9 @@ def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
                            out["nanogpt_get_batch"]) is None  # random batches: not compared
         x, y = out["numba"]
         assert check_error(case, "numba", inputs["numba"], (x, y.roll(1, 0))) > 0
-        assert len(list(tmp_path.glob("bench_*.bin"))) == 2
+        assert len(list((tmp_path / "tiny").glob("bench_*.bin"))) == dc.TINY["shards"]
     finally:
-        dc.bench_corpus.cache_clear()
+        dc._corpus.cache_clear()
 
 
 def test_run_cases_takes_each_cases_reference():
@@ -208,11 +207,45 @@ def test_padding_cases_gpu_only_and_correct_on_a_small_shape(monkeypatch):
     for fraction in bc.PADDING:
         mask = bc.padding_mask(64, 2048, fraction, "cpu")
         assert abs((1 - mask.float().mean()) - fraction) < 0.05
-    monkeypatch.setattr(bc, "PAD_SHAPE", (4, 16, 8))  # Triton under the interpreter
-    unpad, pad = bc.padding_cases_for(0.5, "cpu")
+    unpad, pad = bc.padding_cases_for(0.5, "cpu", (4, 16, 8))  # Triton, interpreted
     for case in (unpad, pad):
         x = case.make_inputs("cpu")
         got, want = case.impls["triton"](x), case.impls["torch"](x)
         for g, w in zip(got if isinstance(got, tuple) else (got,),
                         want if isinstance(want, tuple) else (want,)):
             assert torch.equal(g, w) if isinstance(g, torch.Tensor) else g == w
+
+
+def test_roofline_floors_of_every_gpu_case():
+    """Every GPU case has a floor: compute-bound long attention, memory-bound pad/unpad and
+    a loader bound by the host link, at the H200's datasheet peaks."""
+    from kernelsuite.harness.roofline import floor_seconds, render, table
+
+    df = table("H200")
+    assert set(df.kernel) == {"attention", "data", "padding"}
+    assert len(df) == len(get_cases(None, "cuda", "all")) - len(get_cases(["packing"], "cuda",
+                                                                           "all"))
+    assert df.quick.sum() == len([c for c in get_cases(None, "cuda") if c.kernel != "packing"])
+    big = df.set_index("case").loc["fwd-bfloat16-causal-d128-s16384-b1h16"]
+    assert big.bound == "compute" and big.floor_ms == pytest.approx(big.gflop / 989)
+    assert big.floor_measured_ms == pytest.approx(big.gflop / 790)
+    assert set(df[df.kernel == "padding"].bound) == {"memory"}
+    assert set(df[df.kernel == "data"].bound) == {"host link"}
+    case = Case(kernel="toy", name="t", params={}, flops=2e12, bytes=1e9, host_bytes=1e9,
+                make_inputs=lambda d: None)
+    assert floor_seconds(case, 1e12, 1e12) == (2.0, "compute")
+    assert floor_seconds(case, 1e15, 1e12, 1e8) == (10.0, "host link")
+    assert "## attention" in render(df, "H200")
+    with pytest.raises(ValueError, match="gpu must be one of"):
+        table("A100")
+
+
+def test_cpu_rows_carry_the_floor_beside_the_time():
+    case = Case(kernel="toy", name="copy", params={}, flops=0.0, bytes=1e8,
+                make_inputs=lambda device: None, impls={"torch": lambda x: time.sleep(0.01)})
+    row = run_cases([case], "cpu", progress=False).iloc[0]
+    from kernelsuite.harness.devices import cpu_copy_bandwidth
+
+    assert row.floor_ms == pytest.approx(1e8 / cpu_copy_bandwidth() * 1e3)
+    assert row.frac_peak == pytest.approx(row.floor_ms / row.median_ms)
+    assert "frac_ceiling" not in row or row.frac_ceiling != row.frac_ceiling  # GPUs only

@@ -98,7 +98,7 @@ for _fn, _unit in [(_time_call, "seconds"), (_track_tflops, "TFLOP/s"), (_track_
 
 def suite(kernel, device):
     """The asv class for a kernel area on a device type, or None when it has no cases."""
-    cases = {c.name: c for c in get_cases([kernel], device, quick=True)}
+    cases = {c.name: c for c in get_cases([kernel], device, "quick")}
     if not cases:
         return None
     one = next(iter(cases.values()))

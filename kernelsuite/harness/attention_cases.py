@@ -4,6 +4,7 @@ GPU sweep (issue 2): batch * seqlen = 16k tokens, heads * head_dim = 2048, head_
 128, causal and not, seqlen 512 to 16k, bf16 and fp16, forward and forward + backward.
 CPU sweep (issue 3): float32, batch 1, 8 heads, head_dim 64 and 128, seqlen 512 to 4096,
 causal and not, forward and forward + backward: the Numba kernels against torch SDPA.
+Tiny (dry runs): float16, batch 1, 2 heads, head_dim 64, seqlen 80, causal, every mode.
 Modes: fwd (forward), bwd (backward alone: the forward runs once, untimed, and its graph is
 kept) and fwd_bwd (both, as a training step runs them). Each output is checked against
 the reference in float64 on batch 0, head 0 (heads are independent, so the slice is exact).
@@ -196,9 +197,14 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, mode,
 
 
 @register("attention", impls=IMPLS)
-def cases(device: str, quick: bool) -> list[Case]:
+def cases(device: str, size: str) -> list[Case]:
     out = []
-    if torch.device(device).type == "cuda":
+    cuda = torch.device(device).type == "cuda"
+    if size == "tiny":  # float16: the interpreter computes bfloat16 dots wrongly
+        return [make_case(device, 1, 80, 2, 64, True, torch.float16, mode, 2**30)
+                for mode in MODES]
+    quick = size == "quick"
+    if cuda:
         tokens, hidden, budget = 16384, 2048, 8 * 2**30
         dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float16]
         head_dims = [128] if quick else [64, 128]
@@ -212,7 +218,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             for head_dim in head_dims:
                 for causal in (False, True):
                     for seqlen in seqlens:
-                        if torch.device(device).type == "cuda":
+                        if cuda:
                             batch, heads = tokens // seqlen, hidden // head_dim
                         else:
                             batch, heads, budget = 1, 8, 2**30

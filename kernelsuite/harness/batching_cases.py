@@ -28,12 +28,13 @@ from .cases import Case, register, register_notes
 from .numerics import max_error_of
 
 N_LENGTHS = 1_000_000
+TINY_LENGTHS = 10_000
 CAPACITIES = (2048, 8192)
 DISTRIBUTIONS = ("gamma", "mixed")
 
 
-def lengths(distribution: str, capacity: int) -> np.ndarray:
-    return _lengths(distribution, capacity, N_LENGTHS)
+def lengths(distribution: str, capacity: int, n: int = N_LENGTHS) -> np.ndarray:
+    return _lengths(distribution, capacity, n)
 
 
 @lru_cache(maxsize=None)
@@ -48,25 +49,26 @@ def _lengths(distribution, capacity, n):
 
 @lru_cache(maxsize=None)
 def _reference_packing(distribution, capacity, algorithm, n):
-    return reference.pack_sequences(lengths(distribution, capacity), capacity, algorithm)
+    return reference.pack_sequences(lengths(distribution, capacity, n), capacity, algorithm)
 
 
 def bins_differing(output, want) -> float:
     return float(np.count_nonzero(output.bin_ids != want.bin_ids))
 
 
-def packing_case(algorithm, distribution, capacity) -> Case:
+def packing_case(algorithm, distribution, capacity, n=N_LENGTHS) -> Case:
     def make_inputs(device):
-        return lengths(distribution, capacity)
+        return lengths(distribution, capacity, n)
 
     def truth(x):
-        if x is lengths(distribution, capacity):  # the case's own lengths: computed once
-            return _reference_packing(distribution, capacity, algorithm, N_LENGTHS)
+        if x is lengths(distribution, capacity, n):  # the case's own lengths: computed once
+            return _reference_packing(distribution, capacity, algorithm, n)
         return reference.pack_sequences(x, capacity, algorithm)
 
-    return Case(kernel="packing", name=f"{algorithm}-{distribution}-c{capacity}",
+    tag = "" if n == N_LENGTHS else f"-n{n}"
+    return Case(kernel="packing", name=f"{algorithm}-{distribution}-c{capacity}{tag}",
                 params=dict(algorithm=algorithm, distribution=distribution,
-                            capacity=capacity, n=len(lengths(distribution, capacity))),
+                            capacity=capacity, n=n),
                 flops=0.0, bytes=0.0, make_inputs=make_inputs, reference="python",
                 truth=truth, error=bins_differing, devices=("cpu",),
                 impls={"numba": lambda x: pack_sequences(x, capacity, algorithm),
@@ -74,8 +76,10 @@ def packing_case(algorithm, distribution, capacity) -> Case:
 
 
 @register("packing", impls={"cpu": ["numba", "python"]})
-def packing_cases(device: str, quick: bool) -> list[Case]:
-    return [packing_case(a, d, c) for d in DISTRIBUTIONS for c in CAPACITIES
+def packing_cases(device: str, size: str) -> list[Case]:
+    if size == "tiny":
+        return [packing_case(a, "mixed", 2048, TINY_LENGTHS) for a in ALGORITHMS]
+    return [packing_case(a, d, c, N_LENGTHS) for d in DISTRIBUTIONS for c in CAPACITIES
             for a in ALGORITHMS]
 
 
@@ -100,6 +104,7 @@ def packing_notes(device: str) -> list[str]:
 
 
 PAD_SHAPE = (64, 2048, 4096)
+TINY_PAD_SHAPE = (4, 64, 64)
 PADDING = (0.3, 0.5, 0.7)
 
 
@@ -112,8 +117,8 @@ def padding_mask(batch, seqlen, fraction, device, seed=0):
     return (torch.arange(seqlen)[None, :] < lens[:, None]).to(device)
 
 
-def padding_cases_for(fraction, device) -> list[Case]:
-    batch, seqlen, dim = PAD_SHAPE
+def padding_cases_for(fraction, device, shape=PAD_SHAPE) -> list[Case]:
+    batch, seqlen, dim = shape
     elt = 2  # bfloat16
     mask = padding_mask(batch, seqlen, fraction, "cpu")
     nnz = int(mask.sum())
@@ -121,7 +126,7 @@ def padding_cases_for(fraction, device) -> list[Case]:
                   padding=round(1 - nnz / mask.numel(), 3))
 
     def unpad_inputs(dev):
-        return torch.randn(PAD_SHAPE, dtype=torch.bfloat16, device=dev), mask.to(dev)
+        return torch.randn(shape, dtype=torch.bfloat16, device=dev), mask.to(dev)
 
     def pad_inputs(dev):
         m = mask.to(dev)
@@ -134,7 +139,8 @@ def padding_cases_for(fraction, device) -> list[Case]:
     def pad(backend):
         return lambda x: pad_input(*x, batch, seqlen, backend=backend)
 
-    tag = f"p{round(fraction * 100)}"
+    tag = f"p{round(fraction * 100)}" + ("" if shape == PAD_SHAPE else
+                                         "-" + "x".join(map(str, shape)))
     return [Case(kernel="padding", name=f"unpad-{tag}", params=dict(op="unpad", **params),
                  flops=0.0, bytes=2 * nnz * dim * elt, make_inputs=unpad_inputs,
                  impls={"triton": unpad("triton"), "torch": unpad("torch")},
@@ -153,6 +159,9 @@ def _padding_error(output, want):
 
 
 @register("padding", impls={"cuda": ["triton", "torch"]})
-def padding_cases(device: str, quick: bool) -> list[Case]:
-    """GPU only (devices=("cuda",)): the interpreter is a correctness tool, not timed."""
+def padding_cases(device: str, size: str) -> list[Case]:
+    """GPU only (devices=("cuda",)): the interpreter is a correctness tool, not timed (the
+    tiny cases, for dry runs, excepted)."""
+    if size == "tiny":
+        return padding_cases_for(0.5, device, TINY_PAD_SHAPE)
     return [c for f in PADDING for c in padding_cases_for(f, device)]

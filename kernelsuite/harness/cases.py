@@ -3,7 +3,10 @@
 A case is one problem (kernel, parameters, how to build inputs, FLOPs and bytes, the
 devices it runs on, how to check an output) plus the implementations that solve it on a
 device: the project's kernels, the reference, and the best alternatives installed. Each
-kernel area registers a function ``cases(device, quick) -> list[Case]`` in REGISTRY.
+kernel area registers a function ``cases(device, size) -> list[Case]`` in REGISTRY, for
+each size in SIZES: "quick" (the default subset), "all" (the full sweep) and "tiny" (the same
+code at toy shapes, so that a dry run on a CPU, Triton under its interpreter, goes through
+every step a GPU run takes in seconds).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Callable
 # Implementation names that are alternatives to ours (not ours, not the reference):
 # speedups are reported against the fastest of them.
 ALTERNATIVE_PREFIX = ("sdpa", "nanogpt")
+SIZES = ("tiny", "quick", "all")
 
 
 @dataclass
@@ -28,6 +32,7 @@ class Case:
     impls: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     reference: str = "torch"
     tokens: int = 0  # tokens per call, for data cases (reported as Mtok/s)
+    host_bytes: float = 0.0  # bytes a call must move from host to device (a GPU's loader)
     devices: tuple = ("cpu", "cuda")  # device types the case runs on
     # truth(inputs) -> the exact answer for those inputs (float64 reference, or the exact
     # reference of an integer kernel); error(output, truth) -> its max error (0 = exact).
@@ -70,15 +75,17 @@ def get_notes(kernels=None, device: str = "cpu") -> list[str]:
     return [line for k in (kernels or list(NOTES)) if k in NOTES for line in NOTES[k](device)]
 
 
-def get_cases(kernels=None, device: str = "cpu", quick: bool = True) -> list[Case]:
-    """Every registered case for the device (a quick subset unless quick=False)."""
+def get_cases(kernels=None, device: str = "cpu", size: str = "quick") -> list[Case]:
+    """Every registered case of the kernels (default: all) for the device, at size."""
     _load()
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
     names = list(kernels) if kernels else list(REGISTRY)
     unknown = [k for k in names if k not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown kernel(s) {unknown}; known: {sorted(REGISTRY)}")
     kind = _device_type(device)
-    return [case for k in names for case in REGISTRY[k](device, quick) if kind in case.devices]
+    return [case for k in names for case in REGISTRY[k](device, size) if kind in case.devices]
 
 
 def implementation_names(kernel: str, device: str) -> list[str]:
@@ -93,14 +100,18 @@ def _device_type(device: str) -> str:
     return torch.device(device).type
 
 
-def find_case(case_id: str, device: str = "cpu") -> Case:
-    """The case named "kernel/name" (from the full sweep) on this device."""
+def find_case(case_id: str, device: str = "cpu", listing: str | None = None) -> Case:
+    """The case named "kernel/name" (from the full sweep, or the tiny set) on this device;
+    listing: the device type whose cases to look in (default: device's), e.g. "cuda" to run
+    a GPU case's code on the CPU in a dry run."""
     kernel, _, name = case_id.partition("/")
-    for case in get_cases([kernel], device, quick=False):
+    known = [c for size in ("all", "tiny") for c in get_cases([kernel], listing or device,
+                                                               size)]
+    for case in known:
         if case.name == name:
             return case
-    known = [c.id for c in get_cases([kernel], device, quick=False)]
-    raise ValueError(f"unknown case {case_id!r} on {device}; known: {known}")
+    known = [c.id for c in known]
+    raise ValueError(f"unknown case {case_id!r} on {listing or device}; known: {known}")
 
 
 def _load():

@@ -26,6 +26,8 @@ from .timing import _status_kb
 SHARDS, SHARD_TOKENS = 8, 1 << 26  # 8 x 128 MiB of uint16: 1 GiB
 VOCAB = 50257  # GPT-2's
 SHAPES = [(32, 2048), (8, 8192)]
+# tiny (dry runs): 2 shards of 64k tokens, batches of 4 x 128, 4 per call
+TINY = dict(shards=2, shard_tokens=1 << 16, shape=(4, 128), batches=4)
 # one timed call fetches this many batches: a prefetching loader hands batches over in
 # groups, so single fetches alternate fast and slow and their median would mislead
 BATCHES_PER_CALL = 64
@@ -36,21 +38,27 @@ def corpus_dir() -> Path:
                                Path(tempfile.gettempdir()) / "kernelsuite-bench-corpus"))
 
 
-@lru_cache(maxsize=None)
-def bench_corpus() -> list[Path]:
+def bench_corpus(tiny: bool = False) -> list[Path]:
     """The benchmark corpus: random GPT-2-vocabulary tokens, written on first use and kept
-    in corpus_dir() (override with KERNELSUITE_BENCH_DATA) for later runs."""
-    directory = corpus_dir()
+    in corpus_dir() (override with KERNELSUITE_BENCH_DATA) for later runs; tiny: a small
+    one beside it."""
+    if tiny:
+        return _corpus(corpus_dir() / "tiny", TINY["shards"], TINY["shard_tokens"])
+    return _corpus(corpus_dir(), SHARDS, SHARD_TOKENS)
+
+
+@lru_cache(maxsize=None)
+def _corpus(directory: Path, shards: int, shard_tokens: int) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
-    paths = [directory / f"bench_{i:03d}.bin" for i in range(SHARDS)]
+    paths = [directory / f"bench_{i:03d}.bin" for i in range(shards)]
     rng = np.random.default_rng(0)
     for path in paths:
         try:
-            if read_header(path) == (np.dtype("<u2"), SHARD_TOKENS):
+            if read_header(path) == (np.dtype("<u2"), shard_tokens):
                 continue
         except (OSError, ValueError):
             pass
-        write_shard(path, rng.integers(0, VOCAB, SHARD_TOKENS, dtype=np.uint16))
+        write_shard(path, rng.integers(0, VOCAB, shard_tokens, dtype=np.uint16))
     return paths
 
 
@@ -74,11 +82,11 @@ def _forever(loader):
         yield from loader
 
 
-def _batches(make_loader):
+def _batches(make_loader, n):
     def run(x):
         if "it" not in x:  # built on the first (warm-up) call, then reused
             x["it"] = _forever(make_loader(x))
-        for _ in range(BATCHES_PER_CALL):
+        for _ in range(n):
             batch = next(x["it"])
         return batch
     return run
@@ -87,29 +95,32 @@ def _batches(make_loader):
 IMPLS = ["numba", "torch", "nanogpt_get_batch"]
 
 
-def make_case(batch, seq_len) -> Case:
+def make_case(batch, seq_len, tiny=False) -> Case:
+    n = TINY["batches"] if tiny else BATCHES_PER_CALL
+
     def make_inputs(device):
-        return dict(paths=bench_corpus(), device=device)
+        return dict(paths=bench_corpus(tiny), device=device)
 
     def loader(cls):
         return lambda x: cls(x["paths"], batch, seq_len, device=x["device"])
 
     def get_batches(x):
-        for _ in range(BATCHES_PER_CALL):
+        for _ in range(n):
             out = nanogpt_get_batch(x["paths"], batch, seq_len, x["device"])
         return out
 
     def truth(x):  # the reference's batches from the start (x holds the impl's iterator)
-        return _batches(loader(ReferenceTokenLoader))(dict(paths=x["paths"], device=x["device"]))
+        return _batches(loader(ReferenceTokenLoader), n)(dict(paths=x["paths"],
+                                                              device=x["device"]))
 
-    impls = {"numba": _batches(loader(TokenLoader)),
-             "torch": _batches(loader(ReferenceTokenLoader)),
+    impls = {"numba": _batches(loader(TokenLoader), n),
+             "torch": _batches(loader(ReferenceTokenLoader), n),
              "nanogpt_get_batch": get_batches}
-    n = BATCHES_PER_CALL
     return Case(kernel="data", name=f"tokens-b{batch}-s{seq_len}",
                 params=dict(batch=batch, seq_len=seq_len, batches_per_call=n), flops=0.0,
                 bytes=n * (batch * (seq_len + 1) * 2 + 2 * batch * seq_len * 8),
                 make_inputs=make_inputs, impls=impls, tokens=n * batch * seq_len,
+                host_bytes=n * 2 * batch * seq_len * 8,  # x and y (int64) to a GPU
                 truth=truth, error=tokens_differing, unchecked=("nanogpt_get_batch",))
 
 
@@ -119,7 +130,9 @@ def tokens_differing(output, want) -> float:
 
 
 @register("data", impls={"cpu": IMPLS, "cuda": IMPLS})
-def cases(device: str, quick: bool) -> list[Case]:
+def cases(device: str, size: str) -> list[Case]:
+    if size == "tiny":
+        return [make_case(*TINY["shape"], tiny=True)]
     return [make_case(b, s) for b, s in SHAPES]
 
 

@@ -8,11 +8,21 @@ from functools import lru_cache
 
 import torch
 
-# name fragment -> (dense 16-bit tensor FLOP/s, memory bytes/s), from DESIGN.md
+# name fragment -> (dense 16-bit tensor FLOP/s, memory bytes/s), from the datasheets
+# (DESIGN.md)
 PEAKS = {
     "H100": (989e12, 3.35e12),
     "H200": (989e12, 4.8e12),
 }
+# name fragment -> (bf16 matmul FLOP/s, device-copy bytes/s read + written) measured on such
+# machines (DESIGN.md; the device tool's notes: 769-798 TFLOP/s, 4.3 TB/s on an H200): what
+# a kernel can reach in practice, before a run measures its own
+MEASURED = {
+    "H100": (790e12, 3.0e12),
+    "H200": (790e12, 4.3e12),
+}
+# host-to-device bytes/s of the GPUs above: PCIe 5.0 x16, one direction (datasheet)
+HOST_LINK = 64e9
 
 
 def cpu_name() -> str:
@@ -90,6 +100,22 @@ def cuda_copy_bandwidth(device: str = "cuda") -> float:
     return 2 * src.numel() / time_cuda(lambda: dst.copy_(src)).median_s
 
 
+@lru_cache(maxsize=None)
+def cuda_host_to_device_bandwidth(device: str = "cuda") -> float:
+    """Bytes/s of a 256 MiB copy from pinned host memory to the GPU (CUDA events, median):
+    the ceiling of anything that feeds the GPU from the host, such as a data loader."""
+    from .timing import time_cuda
+
+    src = torch.randint(0, 127, (256 << 20,), dtype=torch.int8).pin_memory()
+    dst = torch.empty(src.shape, dtype=src.dtype, device=device)
+    return src.numel() / time_cuda(lambda: dst.copy_(src, non_blocking=True)).median_s
+
+
+def known_gpu(name: str) -> str | None:
+    """The key of PEAKS / MEASURED that a device name belongs to (e.g. "H200"), or None."""
+    return next((fragment for fragment in PEAKS if fragment in name), None)
+
+
 def copy_bandwidth(device: str) -> float:
     """Measured copy bandwidth (read + written bytes/s) of the device: memcpy on CPU."""
     if torch.device(device).type == "cuda":
@@ -103,10 +129,18 @@ def peaks(device: str) -> tuple[float, float]:
     bytes/s), on other GPUs (bfloat16 matmul, device-to-device copy)."""
     if torch.device(device).type == "cpu":
         return cpu_matmul_flops(torch.get_num_threads()), cpu_copy_bandwidth()
-    name = device_name(device)
-    for fragment, value in PEAKS.items():
-        if fragment in name:
-            return value
+    gpu = known_gpu(device_name(device))
+    if gpu:
+        return PEAKS[gpu]
+    dev = str(torch.device(device))
+    return cuda_matmul_flops(dev), cuda_copy_bandwidth(dev)
+
+
+def measured_ceilings(device: str) -> tuple[float, float]:
+    """(FLOP/s, bytes/s) measured on this device in this process: bf16 matmul and a
+    device copy on GPUs; on CPU the same as peaks()."""
+    if torch.device(device).type == "cpu":
+        return peaks(device)
     dev = str(torch.device(device))
     return cuda_matmul_flops(dev), cuda_copy_bandwidth(dev)
 

@@ -45,12 +45,13 @@ def default_impl(case) -> str:
 
 def profile(case_id: str, impl: str | None = None, device: str | None = None,
             out: str = "profiles", seconds: float = 5.0, native: bool = False,
-            rate: int = 250, tool: str = "auto") -> list[Path]:
-    """tool: "py-spy", "torch" (torch.profiler) or "auto" (torch on CUDA, py-spy on CPU)."""
+            rate: int = 250, tool: str = "auto", listing: str | None = None) -> list[Path]:
+    """tool: "py-spy", "torch" (torch.profiler) or "auto" (torch on CUDA, py-spy on CPU).
+    listing: look the case up among this device type's cases (see cases.find_case)."""
     if tool not in ("auto", "py-spy", "torch"):
         raise ValueError(f"tool must be auto, py-spy or torch, got {tool!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    case = find_case(case_id, device)
+    case = find_case(case_id, device, listing)
     impl = impl or default_impl(case)
     if impl not in case.impls:
         raise ValueError(f"impl {impl!r} does not run {case_id} on {device}; "
@@ -148,7 +149,13 @@ def _torch_profile(case, impl, device, folder, calls: int = 5) -> list[Path]:
     table.write_text(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
     with warnings.catch_warnings():  # deprecated in newer torch, still the one-file view
         warnings.simplefilter("ignore", FutureWarning)
-        prof.export_memory_timeline(str(memory), device=str(torch.device(device)))
+        try:
+            prof.export_memory_timeline(str(memory), device=str(torch.device(device)))
+        except ValueError:  # torch finds no allocation on the device to draw (min of [])
+            memory = memory.with_suffix(".txt")
+            memory.write_text(f"No memory timeline: torch.profiler recorded no allocation "
+                              f"on {device} during the {calls} profiled calls of "
+                              f"{case.id} ({impl}).\n")
     return [trace, table, memory]
 
 

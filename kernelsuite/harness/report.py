@@ -131,7 +131,7 @@ def registry_cases() -> dict:
     """(kernel, case name) -> Case, for every case of the full sweep on either device."""
     _load()
     return {(k, c.name): c for k in REGISTRY for d in ("cpu", "cuda")
-            for c in get_cases([k], d, quick=False)}
+            for c in get_cases([k], d, "all")}
 
 
 def reference_impls() -> dict:

@@ -10,7 +10,9 @@ import pandas as pd
 import torch
 
 from .cases import ALTERNATIVE_PREFIX, Case
-from .devices import copy_bandwidth, device_name, peaks
+from .devices import (copy_bandwidth, cuda_host_to_device_bandwidth, device_name,
+                      known_gpu, measured_ceilings, peaks)
+from .roofline import floor_seconds
 from .timing import peak_cpu_bytes, peak_cuda_bytes, time_fn
 
 
@@ -22,21 +24,37 @@ def check_error(case: Case, impl: str, inputs, output) -> float | None:
     return float(case.error(output, case.truth(inputs)))
 
 
-def rates(case: Case, median_s: float, device: str) -> dict:
-    """Throughput of one call taking median_s: TFLOP/s, GFLOP/s, GB/s, Mtok/s and frac_peak,
-    the share of the roofline floor max(FLOPs / peak FLOP/s, bytes / peak bandwidth) (see
-    devices.peaks). Cases that only move data are measured against a copy on the same
-    device, measured in this run."""
+def rates(case: Case, median_s: float, device: str, with_ceiling: bool = False) -> dict:
+    """Throughput of one call taking median_s: TFLOP/s, GFLOP/s, GB/s, Mtok/s, floor_ms
+    (the roofline floor at the device's peaks, see ceilings()) and frac_peak = floor / time.
+    with_ceiling (GPUs): also frac_ceiling, the floor at the ceilings measured in this
+    process (bf16 matmul, device copy) over the time."""
     out = dict(tflops=case.flops / median_s / 1e12, gflops=case.flops / median_s / 1e9,
                gbps=case.bytes / median_s / 1e9 if case.bytes else None, frac_peak=None)
     if case.tokens:
         out["mtok_s"] = case.tokens / median_s / 1e6
-    if not case.flops and case.bytes:
-        out["frac_peak"] = case.bytes / copy_bandwidth(device) / median_s
-    elif case.flops:
-        flops, bandwidth = peaks(device)
-        out["frac_peak"] = max(case.flops / flops, case.bytes / bandwidth) / median_s
+    if not (case.flops or case.bytes):
+        return out
+    floor, _ = floor_seconds(case, *ceilings(case, device))
+    out.update(floor_ms=floor * 1e3, frac_peak=floor / median_s)
+    if with_ceiling and torch.device(device).type == "cuda":
+        out["frac_ceiling"] = floor_seconds(case, *ceilings(case, device, True))[0] / median_s
     return out
+
+
+def ceilings(case: Case, device: str, measured: bool = False) -> tuple:
+    """(FLOP/s, memory bytes/s, host-link bytes/s or None) a case's floor is taken at:
+    devices.peaks (datasheet for H100/H200, measured elsewhere), except that cases that
+    only move data are held to a device copy measured in this run, and cases that feed a
+    GPU from the host to a pinned host-to-device copy measured in this run. measured:
+    every rate measured here (devices.measured_ceilings)."""
+    flops, bandwidth = measured_ceilings(device) if measured else peaks(device)
+    if not case.flops:
+        bandwidth = copy_bandwidth(device)
+    cuda = torch.device(device).type == "cuda"
+    link = cuda_host_to_device_bandwidth(str(torch.device(device))) \
+        if cuda and case.host_bytes else None
+    return flops, bandwidth, link
 
 
 def peak_bytes(fn, device: str) -> int | None:
@@ -60,7 +78,7 @@ def measure(case: Case, impl: str, device: str) -> dict:
                 device=device_name(device), **case.params,
                 median_ms=timing.median_s * 1e3, q20_ms=timing.q20_s * 1e3,
                 q80_ms=timing.q80_s * 1e3, runs=timing.runs, threads=timing.threads,
-                **rates(case, timing.median_s, device),
+                **rates(case, timing.median_s, device, with_ceiling=True),
                 peak_mem_mb=None if peak is None else peak / 2**20, max_error=error)
 
 
@@ -106,8 +124,8 @@ def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-COLUMNS = ["case", "impl", "median_ms", "RATE", "mtok_s", "frac_peak", "vs_best_alt",
-           "vs_reference", "peak_mem_mb", "max_error"]
+COLUMNS = ["case", "impl", "median_ms", "floor_ms", "RATE", "mtok_s", "frac_peak",
+           "frac_ceiling", "vs_best_alt", "vs_reference", "peak_mem_mb", "max_error"]
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -128,11 +146,23 @@ def format_table(df: pd.DataFrame) -> str:
                  f"and single-threaded memcpy ({bandwidth / 1e9:.1f} GB/s read + written) "
                  "measured on this machine; peak_mem_mb = resident-set growth during one "
                  "call")
-    elif (df.gflops == 0).any() and df.gbps.notna().any():
-        cuda = df[df.gflops == 0].device.iloc[0]
-        head += (f"; frac_peak of data-movement cases = share of a device-to-device copy "
-                 f"measured in this run ({copy_bandwidth('cuda') / 1e9:.0f} GB/s read + "
-                 f"written on {cuda})")
+    else:
+        gpu = df.device.iloc[0]
+        flops, bandwidth = peaks("cuda")
+        mflops, mbandwidth = measured_ceilings("cuda")
+        source = "datasheet" if known_gpu(gpu) else "measured"
+        head += (f"; floor_ms = roofline floor at {flops / 1e12:.0f} TFLOP/s and "
+                 f"{bandwidth / 1e12:.2f} TB/s ({source})")
+        if (df.gflops == 0).any() and df.gbps.notna().any():
+            head += (f", for data-movement cases at a device-to-device copy measured in this "
+                     f"run ({copy_bandwidth('cuda') / 1e9:.0f} GB/s read + written)")
+        if (df.kernel == "data").any():
+            head += (", for loaders at a pinned host-to-device copy measured in this run "
+                     f"({cuda_host_to_device_bandwidth('cuda') / 1e9:.1f} GB/s)")
+        head += (f"; frac_peak = floor_ms / median_ms; frac_ceiling: the same at the ceilings "
+                 f"measured in this run ({mflops / 1e12:.0f} TFLOP/s bf16 matmul, "
+                 f"{mbandwidth / 1e12:.2f} TB/s device copy); see "
+                 "bench/report/roofline-H200.md")
     if "max_error" in cols:
         head += ("; max_error = largest difference from the exact answer (attention: the "
                  "float64 reference on batch 0, head 0; loader, packing: elements that "
