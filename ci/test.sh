@@ -12,4 +12,10 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -c ci/constraints.txt -e ".[dev]"
 # two workers: the Triton interpreter is CPU-bound
-exec .venv/bin/python -m pytest -n 2 "$@"
+if [ $# -gt 0 ]; then
+    exec .venv/bin/python -m pytest -n 2 "$@"
+fi
+.venv/bin/python -m pytest -n 2 -m "not static"
+# the static job: every Triton kernel and tile compiled for Hopper (sm_90) without a GPU,
+# checked for register spills and shared memory (tests/test_triton_static.py)
+exec .venv/bin/python -m pytest -n 2 -m static

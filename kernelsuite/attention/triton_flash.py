@@ -418,45 +418,115 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
 # ----------------------------------------------------------------------------- launchers
 
 
-def _cfg(block_m, block_n, warps, stages):
-    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps,
-                         num_stages=stages)
+# Tiles (BLOCK_M, BLOCK_N, num_warps, num_stages) for Hopper (sm_90: H100, H200), per
+# kernel, head-dim bucket (BLOCK_D; head dims up to 64 share the 64 bucket) and products:
+# "tc" (float16/bfloat16 on the tensor cores, wgmma) or "ieee" (float32, exact products on
+# the FMA units); "-gqa" lists serve GQA/MQA launches (several query heads per kv head:
+# the dK/dV kernel's loop over them costs registers). Every tile listed compiles for sm_90
+# without register spills and within shared memory at every dtype of its kind and every
+# feature (varlen, softcap, causal): `kernelsuite hopper-static` measures it
+# (bench/report/hopper-static.md, with the candidates they were chosen from) and
+# tests/test_triton_static.py checks it. The first tile of a list is the one used without
+# autotuning.
+HOPPER_TILES = {
+    "fwd": {
+        (64, "tc"): [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 8, 2),
+                     (64, 64, 4, 3)],
+        (128, "tc"): [(128, 128, 8, 2), (128, 64, 8, 3), (64, 128, 8, 2), (64, 64, 8, 3),
+                      (128, 32, 8, 3)],
+        (256, "tc"): [(128, 32, 8, 2), (64, 32, 8, 3), (64, 32, 8, 2), (64, 32, 4, 2)],
+        (64, "ieee"): [(32, 64, 8, 2), (32, 32, 8, 2)],
+        (128, "ieee"): [(32, 64, 8, 2), (16, 32, 8, 2)],
+        (256, "ieee"): [(16, 32, 8, 2)],
+    },
+    "dkdv": {
+        (64, "tc"): [(64, 64, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 2),
+                     (16, 64, 4, 2)],
+        (128, "tc"): [(32, 128, 8, 2), (32, 64, 8, 2), (16, 128, 8, 2), (16, 64, 8, 2),
+                      (32, 32, 4, 2)],
+        (256, "tc"): [(64, 32, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)],
+        (64, "ieee"): [(32, 32, 8, 2), (16, 32, 8, 2)],
+        (128, "ieee"): [(16, 32, 8, 2), (16, 16, 4, 2)],
+        (256, "ieee"): [(16, 16, 8, 2)],
+        (64, "tc-gqa"): [(64, 32, 8, 2), (32, 64, 8, 2), (16, 128, 8, 2), (16, 64, 8, 2),
+                         (32, 32, 8, 2)],
+        (128, "tc-gqa"): [(16, 64, 8, 2), (32, 32, 8, 2), (16, 32, 8, 2)],
+        (256, "tc-gqa"): [(16, 32, 8, 2)],
+        (64, "ieee-gqa"): [(32, 32, 8, 2), (16, 32, 4, 2)],
+        (128, "ieee-gqa"): [(16, 64, 8, 2)],
+        (256, "ieee-gqa"): [(16, 16, 8, 1)],
+    },
+    "dq": {
+        (64, "tc"): [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 3), (64, 32, 4, 3),
+                     (32, 32, 4, 2)],
+        (128, "tc"): [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 2),
+                      (32, 32, 8, 2)],
+        (256, "tc"): [(64, 32, 8, 2), (32, 64, 8, 2), (32, 32, 4, 2)],
+        (64, "ieee"): [(64, 32, 8, 2), (32, 64, 8, 2)],
+        (128, "ieee"): [(32, 64, 8, 2), (16, 32, 8, 2)],
+        (256, "ieee"): [(16, 32, 8, 1)],
+    },
+}
+# Under the interpreter one tile each: it is slow, and blocks smaller than the test
+# sequences exercise every masking path (M != N catches block-alignment mistakes).
+# tests/test_triton_configs.py runs every Hopper tile through the interpreter as well.
+INTERPRET_TILES = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
-def _fits_head_dim(configs, named_args, **kwargs):
-    """Drop tiles over 128 x 128 elements at this head dim: their float32 accumulators
-    spill registers (shared-memory overflows the autotuner skips by itself)."""
-    block_d = kwargs["BLOCK_D"]
-    keep = [c for c in configs if max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) * block_d
-            <= 128 * 128]
-    return keep or configs[-1:]
+def tiles(kernel: str, block_d: int, dot_prec: str, gqa: bool = False) -> list[tuple]:
+    """The tiles the autotuner may pick for one kernel at this BLOCK_D and precision (and
+    for GQA launches, where the kernel has a list of its own)."""
+    if INTERPRET:
+        return [INTERPRET_TILES[kernel]]
+    table, kind = HOPPER_TILES[kernel], "ieee" if dot_prec == "ieee" else "tc"
+    bucket = max(64, block_d)
+    if gqa and (bucket, kind + "-gqa") in table:
+        kind += "-gqa"
+    return table[bucket, kind]
 
 
-if INTERPRET:
-    # One config each: the interpreter is slow, and blocks smaller than the test sequences
-    # exercise every masking path. M != N catches block-alignment mistakes.
-    FWD_CONFIGS = [_cfg(32, 16, 4, 1)]
-    DKDV_CONFIGS = [_cfg(16, 32, 4, 1)]
-    DQ_CONFIGS = [_cfg(32, 16, 4, 1)]
-else:
-    # Hopper-sized tiles; the largest that fit the head dim win at long sequences.
-    FWD_CONFIGS = [_cfg(*c) for c in [(128, 128, 8, 2), (128, 64, 8, 3), (128, 64, 4, 3),
-                                      (64, 64, 4, 3), (128, 32, 4, 4), (64, 32, 4, 2)]]
-    DKDV_CONFIGS = [_cfg(*c) for c in [(64, 128, 8, 2), (32, 128, 8, 2), (64, 64, 4, 3),
-                                       (32, 64, 4, 3), (16, 64, 4, 2), (16, 32, 4, 2)]]
-    DQ_CONFIGS = [_cfg(*c) for c in [(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 3),
-                                     (64, 32, 4, 3), (32, 32, 4, 2)]]
+def tile_of(config) -> tuple:
+    return (config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"], config.num_warps,
+            config.num_stages)
+
+
+def _configs(kernel):
+    every = [INTERPRET_TILES[kernel]] if INTERPRET else list(dict.fromkeys(
+        t for ts in HOPPER_TILES[kernel].values() for t in ts))
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
+            for m, n, w, st in every]
+
+
+def autotuning() -> bool:
+    """KERNELSUITE_TRITON_AUTOTUNE=0: take the first tile that applies instead of timing
+    every one (fewer compiles: for test runs and quick checks on a GPU)."""
+    return os.environ.get("KERNELSUITE_TRITON_AUTOTUNE", "1") != "0"
+
+
+def _prune(kernel):
+    def prune(configs, named_args, **kwargs):
+        gqa = (named_args or {}).get("group", 1) > 1
+        wanted = tiles(kernel, kwargs["BLOCK_D"], kwargs["DOT_PREC"], gqa)
+        keep = sorted((c for c in configs if tile_of(c) in wanted),
+                      key=lambda c: wanted.index(tile_of(c)))
+        if not keep:  # a config list set by hand (tests): take it as it is
+            keep = list(configs)
+        return keep if autotuning() else keep[:1]
+    return {"early_config_prune": prune}
+
 
 # seq_key is an unused kernel argument carrying the power-of-two bucket of the longest
-# sequence, so the autotuner re-tunes per length bucket, not per exact (varlen) length.
-_KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP"]
-_PRUNE = {"early_config_prune": _fits_head_dim}
+# sequence, so the autotuner re-tunes per length bucket, not per exact (varlen) length;
+# group (query heads per kv head) picks the GQA tiles.
+_KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP", "group"]
 
 
-_fwd = triton.autotune(FWD_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_fwd_kernel)
-_bwd_dkdv = triton.autotune(DKDV_CONFIGS, key=_KEY, prune_configs_by=_PRUNE,
+_fwd = triton.autotune(_configs("fwd"), key=_KEY,
+                       prune_configs_by=_prune("fwd"))(_fwd_kernel)
+_bwd_dkdv = triton.autotune(_configs("dkdv"), key=_KEY, prune_configs_by=_prune("dkdv"),
                             reset_to_zero=["DQ"])(_bwd_dkdv_kernel)
-_bwd_dq = triton.autotune(DQ_CONFIGS, key=_KEY, prune_configs_by=_PRUNE)(_bwd_dq_kernel)
+_bwd_dq = triton.autotune(_configs("dq"), key=_KEY,
+                          prune_configs_by=_prune("dq"))(_bwd_dq_kernel)
 
 
 def _unit_last(x):
