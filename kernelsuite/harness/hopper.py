@@ -306,7 +306,8 @@ def compile_problem(problem: Problem) -> list[dict]:
         # what the kernel asks for (the launch checks it against the per-block limit), and
         # what a resident block holds with the runtime's reserved kilobyte
         asked = res["dynamic_smem"] + max(0, res["static_smem"] - SMEM_RESERVED_PER_BLOCK)
-        rows.append(dict(kernel=label, candidate=bool(problem.tile), dtype=problem.dtype, head_dim=problem.head_dim,
+        rows.append(dict(kernel=label, candidate=bool(problem.tile), dtype=problem.dtype,
+                         head_dim=problem.head_dim,
                          causal=problem.causal, pass_=problem.pass_, features=problem.features,
                          n_cols=problem.n_cols, block_m=config.get("BLOCK_M"),
                          block_n=config.get("BLOCK_N"), num_warps=meta.num_warps,
@@ -505,9 +506,9 @@ HEADER = """# Triton kernels on Hopper (sm_90): static resources
 Every Triton kernel of the project compiled for an H100/H200 (sm_90a) on a machine without a
 GPU, exactly as the JIT compiles it there: the real launchers run on CPU tensors with a
 compile-only driver, and each launch compiles every tile its autotuner may pick
-(kernelsuite/harness/hopper.py). Regenerate: `kernelsuite hopper-static` (about 15 minutes
-on 2 cores; `--candidates` adds the tiles they were chosen from, `--help`). triton {triton}
-with its own ptxas and cuobjdump; every binary compiled cold (an empty triton cache), as
+(kernelsuite/harness/hopper.py). Regenerate: `kernelsuite hopper-static` (about 12 minutes
+on 2 cores; `--candidates`, 35 more, adds the tiles they were chosen from; `--help`).
+triton {triton} with its own ptxas and cuobjdump; every binary compiled cold (an empty triton cache), as
 on a fresh GPU machine.
 
 - regs: registers per thread from `cuobjdump --dump-resource-usage`, for the plain / varlen /
@@ -557,7 +558,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-attention", action="store_true")
     parser.add_argument("--candidates", action="store_true",
                         help="also compile the candidate grid the tiles were chosen from "
-                             "(bf16 and fp32, about 20 minutes more on 2 cores)")
+                             "(bf16 and fp32, about 35 minutes more on 2 cores)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--from-json", nargs="*", metavar="FILE",
                         help="write the report from rows saved with --json (no compiling)")
@@ -577,7 +578,8 @@ def main(argv=None) -> int:
         cache = tempfile.TemporaryDirectory(prefix="kernelsuite-sm90-")
         os.environ["TRITON_CACHE_DIR"] = cache.name
     if args.json:
-        sweep(problems, args.jobs, lambda rows: [print(json.dumps(r), flush=True) for r in rows])
+        sweep(problems, args.jobs,
+              lambda rows: [print(json.dumps(r), flush=True) for r in rows])
         return 0
     rows = sweep(problems, args.jobs)
     print(write_report(rows, args.out))

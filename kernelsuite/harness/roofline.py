@@ -67,8 +67,8 @@ def render(df, gpu: str) -> str:
     mflops, mbandwidth = MEASURED[gpu]
     out = [f"# Roofline floors of every GPU benchmark case on the {gpu}", "",
            f"Floors at the datasheet peaks ({flops / 1e12:.0f} TFLOP/s dense bf16/fp16, "
-           f"{bandwidth / 1e12:.2f} TB/s memory, {HOST_LINK / 1e9:.0f} GB/s host-to-device over "
-           f"PCIe 5.0 x16) and at the ceilings measured on such machines "
+           f"{bandwidth / 1e12:.2f} TB/s memory, {HOST_LINK / 1e9:.0f} GB/s host-to-device "
+           f"over PCIe 5.0 x16) and at the ceilings measured on such machines "
            f"({mflops / 1e12:.0f} TFLOP/s bf16 matmul, {mbandwidth / 1e12:.1f} TB/s device "
            "copy; the host link at its datasheet rate). The machine balance is "
            f"{flops / bandwidth:.0f} FLOP/byte: cases above it are compute-bound. "
