@@ -115,22 +115,38 @@ def _shards(args) -> int:
     from .data.build import (ShardWriter, load_tokenizer, text_documents,
                              tokenize_documents)
 
+    mode = "line" if args.doc_per_line else "file" if args.doc_per_file else "paragraph"
     try:
+        if args.npy and (args.eos_id is not None or mode != "paragraph" or args.tokenizer):
+            raise ValueError("--eos-id, --tokenizer, --doc-per-line and --doc-per-file are "
+                             "for --text; --npy arrays are token ids already")
+        top = 2**16 - 1 if args.dtype == "uint16" else 2**32 - 1
+        if args.eos_id is not None and not 0 <= args.eos_id <= top:
+            raise ValueError(f"--eos-id must be in [0, {top}] for {args.dtype} shards, got "
+                             f"{args.eos_id}")
+        tokenizer = load_tokenizer(args.tokenizer or "bytes") if args.text else None
         writer = ShardWriter(args.out, args.shard_tokens, args.dtype, args.prefix)
-        for path in args.npy or []:
-            try:
-                ids = np.load(path, mmap_mode="r")
-                for i in range(0, max(ids.size, 1), 1 << 24):  # bounded memory
-                    writer.add(ids[i:i + (1 << 24)] if ids.ndim == 1 else ids)
-            except (ValueError, TypeError) as e:
-                raise ValueError(f"{path}: {e}") from None
-        if args.text:
-            tokenizer = load_tokenizer(args.tokenizer)
-            for path in args.text:
-                for ids in tokenize_documents(text_documents(path, args.doc_per_line),
-                                              tokenizer, args.eos_id):
-                    writer.add(ids)
-        paths = writer.close()
+        for tmp in writer.removed:
+            print(f"removed {tmp}: a temporary file left by a writer that was killed",
+                  file=sys.stderr)
+        with writer:  # on any error: no new shard remains
+            for path in args.npy or []:
+                try:
+                    ids = np.load(path, mmap_mode="r")
+                    for i in range(0, max(ids.size, 1), 1 << 24):  # bounded memory
+                        writer.add(ids[i:i + (1 << 24)] if ids.ndim == 1 else ids)
+                except (ValueError, TypeError, EOFError) as e:
+                    raise ValueError(f"{path}: {e}") from None
+            for path in args.text or []:
+                # without EOS the blank lines and newlines stay: nothing of the file is lost
+                docs = text_documents(path, mode, keep_separators=args.eos_id is None)
+                try:
+                    for ids in tokenize_documents(docs, tokenizer, args.eos_id):
+                        writer.add(ids)
+                except (ValueError, TypeError) as e:
+                    raise ValueError(e if str(e).startswith(f"{path}: ") else
+                                     f"{path}: {e}") from None
+        paths = writer.paths
     except (ValueError, TypeError, OSError, ImportError, AttributeError) as e:
         print(f"kernelsuite shards: error: {e}", file=sys.stderr)
         return 2
@@ -208,21 +224,29 @@ def main(argv=None) -> int:
     static.set_defaults(func=_hopper_static)
     shards = sub.add_parser(
         "shards", help="build token shards from text and a tokenizer, or from .npy arrays",
-        description="Write token shards (see kernelsuite.data.shards) into OUT: from text "
-                    "files cut into documents and tokenized, or from 1-D .npy arrays of "
-                    "token ids, concatenated in order.")
+        description="Write token shards (see kernelsuite.data.shards) into OUT: from UTF-8 "
+                    "text files cut into documents and tokenized, or from 1-D .npy arrays of "
+                    "token ids, concatenated in order. Without --eos-id nothing of the text "
+                    "is dropped: blank lines and newlines stay in the token stream (with "
+                    "--tokenizer bytes the tokens are the files' bytes exactly). With "
+                    "--eos-id each document is followed by EOS, and the blank lines and "
+                    "line ends between documents are dropped. On any error no new file "
+                    "remains in OUT.")
     shards.add_argument("out", help="output directory (created if needed)")
     source = shards.add_mutually_exclusive_group(required=True)
     source.add_argument("--text", nargs="+", metavar="FILE", help="UTF-8 text files")
     source.add_argument("--npy", nargs="+", metavar="FILE", help=".npy arrays of token ids")
-    shards.add_argument("--tokenizer", default="bytes",
+    shards.add_argument("--tokenizer",
                         help="for --text: 'bytes' (UTF-8 bytes, the default), "
                              "'tiktoken:ENCODING' or 'module:function'")
     shards.add_argument("--eos-id", type=int, help="for --text: append this id after every "
                                                     "document")
-    shards.add_argument("--doc-per-line", action="store_true",
-                        help="for --text: one document per line (default: documents are "
-                             "separated by blank lines)")
+    split = shards.add_mutually_exclusive_group()
+    split.add_argument("--doc-per-line", action="store_true",
+                       help="for --text: one document per line (default: documents are "
+                            "separated by blank lines)")
+    split.add_argument("--doc-per-file", action="store_true",
+                       help="for --text: one document per file, its text as it is")
     shards.add_argument("--shard-tokens", type=int, default=2**27,
                         help="tokens per shard (default 2^27: 256 MiB of uint16)")
     shards.add_argument("--dtype", choices=["uint16", "uint32"], default="uint16")

@@ -5,6 +5,9 @@ import gc
 import itertools
 import os
 import pickle
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -158,6 +161,108 @@ def test_state_dict_is_checked(corpus):
         ld.load_state_dict({"epoch": 0})
 
 
+@pytest.mark.parametrize("key,value", [
+    ("epoch", True), ("batch", True), ("epoch", 1.0), ("epoch", 2**63), ("batch", "1"),
+    ("batch_size", 2.0), ("seq_len", 8.0), ("world_size", True), ("seed", False),
+    ("shuffle", 1), ("eos_id", False), ("num_windows", float("nan")), ("format", 2.0)])
+def test_state_dict_types_are_checked(corpus, key, value):
+    """A value equal to the loader's but of another kind (True == 1, 4.0 == 4) is not the
+    same setting: a state holding it was not made by state_dict()."""
+    ld = TokenLoader(corpus, 2, 8)
+    state = ld.state_dict()
+    with pytest.raises(ValueError, match=key if key not in ("epoch", "batch") else "epoch"):
+        ld.load_state_dict(dict(state, **{key: value}))
+    assert (ld.epoch, ld.batch) == (0, 0)
+    with pytest.raises(TypeError, match="state_dict must be a dict"):
+        ld.load_state_dict([("epoch", 0)])
+
+
+@pytest.mark.parametrize("loader", [TokenLoader, ReferenceTokenLoader])
+def test_state_dict_names_the_corpus(tmp_path, loader):
+    """The state carries a fingerprint of each shard (count, dtype, a hash of its ends), so
+    a state saved over another corpus of the same size, or over the same shards in another
+    order, is refused naming what differs."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    paths = random_corpus(tmp_path / "a", [200, 200, 120], seed=0)
+    other = random_corpus(tmp_path / "b", [200, 200, 120], seed=1)  # same sizes
+    ld = loader(paths, 2, 8)
+    next(iter(ld))
+    state = ld.state_dict()
+    with pytest.raises(ValueError, match=r"shard 0 \(.*b/shard_000.bin\) is not the shard .* "
+                                         r"content hash differs"):
+        loader(other, 2, 8).load_state_dict(state)
+    with pytest.raises(ValueError, match=r"shard 0 \(.*shard_001.bin\) was shard 1 "
+                                         r"\(shard_001.bin\) .* another order"):
+        loader([paths[1], paths[0], paths[2]], 2, 8).load_state_dict(state)
+    with pytest.raises(ValueError, match="lists 3 shards but this loader has 2"):
+        loader(paths[:2], 2, 8).load_state_dict(state)
+    with pytest.raises(ValueError, match="tokens 120 then, 121 now"):
+        grown = write_shard(tmp_path / "c.bin", np.append(open_shard_tokens(paths[2]), 1))
+        loader([paths[0], paths[1], grown], 2, 8).load_state_dict(state)
+    with pytest.raises(ValueError, match="lacks.*corpus"):
+        ld.load_state_dict({k: v for k, v in state.items() if k != "corpus"})
+    with pytest.raises(ValueError, match="not a list of shard fingerprints"):
+        ld.load_state_dict(dict(state, corpus=[1, 2, 3]))
+    moved = tmp_path / "moved"  # the same corpus in another directory resumes
+    moved.mkdir()
+    for p in paths:
+        os.link(p, moved / p.name)
+    fresh = loader(sorted(moved.iterdir()), 2, 8)
+    fresh.load_state_dict(state)
+    assert (fresh.epoch, fresh.batch) == (0, 1)
+
+
+def open_shard_tokens(path):
+    from kernelsuite.data import open_shard
+    return np.array(open_shard(path))
+
+
+def test_set_epoch_range(corpus):
+    ld = TokenLoader(corpus, 2, 8)
+    for bad in (True, -1, 2**63, 1.0):
+        with pytest.raises(ValueError, match="epoch must be an int"):
+            ld.set_epoch(bad)
+
+
+_TRUNCATE = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    from kernelsuite.data import ReferenceTokenLoader, TokenLoader, write_shard
+    path = write_shard(sys.argv[1], np.arange(40000) % 50, "uint16")
+    for cls, kw in [(TokenLoader, {}), (ReferenceTokenLoader, {}),
+                    (ReferenceTokenLoader, dict(num_workers=1))]:
+        write_shard(path, np.arange(40000) % 50, "uint16")
+        ld = cls([path], 2, 8, shuffle=False, **kw)
+        os.truncate(path, 1000)  # the file shrinks while it is open
+        try:
+            list(ld)
+        except OSError as e:
+            print(cls.__name__, kw, "OSError", str(e).replace("\\n", " "), flush=True)
+        else:
+            print(cls.__name__, kw, "no error", flush=True)
+""")
+
+
+def test_truncated_shard_raises_in_both_loaders(tmp_path):
+    """ReferenceTokenLoader read windows through the memory map: a shard truncated while
+    open killed the process with SIGBUS. Both loaders now raise the same OSError (run in a
+    subprocess so that a SIGBUS cannot kill pytest)."""
+    out = subprocess.run([sys.executable, "-c", _TRUNCATE, str(tmp_path / "s.bin")],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, (out.returncode, out.stdout, out.stderr[-2000:])
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout
+    for line in lines:
+        assert "OSError" in line and "s.bin: short read; the shard changed on disk" in line
+
+
+def test_reference_num_workers_is_checked(corpus):
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="num_workers must be an int >= 0"):
+            ReferenceTokenLoader(corpus, 2, 8, num_workers=bad)
+
+
 def test_stale_iterators_raise(corpus):
     ld = TokenLoader(corpus, 2, 8)
     it = iter(ld)
@@ -236,6 +341,13 @@ def test_documents_feed_varlen_attention(tmp_path):
     (dict(rank=2, world_size=2), ValueError, r"rank must be an int in \[0, world_size=2\)"),
     (dict(pin_memory=True), ValueError, "pin_memory=True needs a CUDA device"),
     (dict(device="nonsense"), ValueError, "device 'nonsense'"),
+    (dict(device="meta"), ValueError, "device='meta' is not supported"),
+    (dict(device=torch.device("meta")), ValueError, "is not supported"),
+    (dict(device=3.5), ValueError, "device 3.5"),
+    (dict(shuffle="no"), TypeError, "shuffle must be a bool"),
+    (dict(shuffle=None), TypeError, "shuffle must be a bool"),
+    (dict(pin_memory="yes"), TypeError, "pin_memory must be None or a bool"),
+    (dict(seed=2**64), ValueError, r"seed must be an int in \[-2\*\*63, 2\*\*63\)"),
     (dict(prefetch=-1), ValueError, "prefetch must be an int >= 0"),
     (dict(eos_id=2**32), ValueError, "eos_id must be None or an int"),
     (dict(seed=1.5), TypeError, "seed must be an int"),

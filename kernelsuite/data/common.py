@@ -1,15 +1,18 @@
 """What TokenLoader and its reference share: argument checks, the window count, the
-rank and world size, and the resumable position (epoch, next batch)."""
+rank and world size, and the resumable position (epoch, next batch) with the fingerprint
+of the corpus it belongs to."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from .shards import open_shard
+from .shards import SAMPLE_BYTES, open_shard, shard_fingerprint
 
 
 class DocBatch(NamedTuple):
@@ -23,9 +26,23 @@ class DocBatch(NamedTuple):
     max_seqlen: int
 
 
+def _is_int(value) -> bool:
+    """An int or numpy integer, and not a bool (True is not 1 here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+SEED_RANGE = 2**63  # torch.Generator.manual_seed takes [-2^63, 2^64): seed + epoch fits
+
+
+def _epoch(value, name="epoch"):
+    if not _is_int(value) or not 0 <= value < SEED_RANGE:
+        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
     return int(value)
 
 
@@ -69,15 +86,30 @@ def resolve_rank(rank, world_size) -> tuple[int, int]:
 def _device(device, pin_memory):
     try:
         dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
+    except (RuntimeError, TypeError, ValueError) as e:
         raise ValueError(f"device {device!r} is not a torch device: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device={device!r} is not supported: batches go to 'cpu' or "
+                         "'cuda[:N]'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device={device!r} but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s)")
+    if pin_memory is not None and not isinstance(pin_memory, (bool, np.bool_)):
+        raise TypeError(f"pin_memory must be None or a bool, got {pin_memory!r}")
     if pin_memory is None:
         pin_memory = dev.type == "cuda"
     if pin_memory and dev.type != "cuda":
         raise ValueError(f"pin_memory=True needs a CUDA device, got device={device!r}")
     return dev, bool(pin_memory)
+
+
+def _same(saved, ours) -> bool:
+    """A saved setting equals ours with the same kind of value (4.0 is not 4, 1 not True)."""
+    if ours is None or isinstance(ours, bool):
+        return saved is ours or (isinstance(saved, np.bool_) and saved == ours)
+    return _is_int(saved) and saved == ours
 
 
 class LoaderBase:
@@ -91,8 +123,12 @@ class LoaderBase:
         self.paths = _shard_paths(paths)
         self.batch_size = _positive_int(batch_size, "batch_size")
         self.seq_len = _positive_int(seq_len, "seq_len")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        if not _is_int(seed):
             raise TypeError(f"seed must be an int, got {seed!r}")
+        if not -SEED_RANGE <= seed < SEED_RANGE:
+            raise ValueError(f"seed must be an int in [-2**63, 2**63), got {seed!r}")
+        if not isinstance(shuffle, (bool, np.bool_)):
+            raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.device, self.pin_memory = _device(device, pin_memory)
@@ -107,12 +143,12 @@ class LoaderBase:
         self.token_dtype = self.shards[0].dtype
         if eos_id is not None:
             top = np.iinfo(self.token_dtype).max
-            if isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer)) \
-                    or not 0 <= eos_id <= top:
+            if not _is_int(eos_id) or not 0 <= eos_id <= top:
                 raise ValueError(f"eos_id must be None or an int in [0, {top}] "
                                  f"({self.token_dtype.name} tokens), got {eos_id!r}")
             eos_id = int(eos_id)
         self.eos_id = eos_id
+        self.corpus = [shard_fingerprint(p) for p in self.paths]  # what state_dict names
         # window j of a shard covers tokens [j*L, j*L + L]: L + 1 tokens
         self.window_counts = np.array([max(0, (len(s) - 1) // self.seq_len)
                                        for s in self.shards], dtype=np.int64)
@@ -131,38 +167,74 @@ class LoaderBase:
         return self.num_windows // self.world_size // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        epoch = _epoch(epoch)
         if epoch != self.epoch:
-            self._jump(int(epoch), 0)
+            self._jump(epoch, 0)
 
     _CHECKED = ("seed", "shuffle", "world_size", "batch_size", "seq_len", "num_windows",
                 "eos_id")
+    FORMAT = 2
 
     def state_dict(self) -> dict:
         """Where the loader is: load it into a loader over the same shards and settings
-        (any rank) to continue with exactly the batches this one would yield next."""
-        return dict(format=1, epoch=self.epoch, batch=self.batch, rank=self.rank,
-                    **{k: getattr(self, k) for k in self._CHECKED})
+        (any rank) to continue with exactly the batches this one would yield next. The
+        state names the settings and the corpus (per shard, in order: token count, dtype
+        and a hash of its size and first and last bytes)."""
+        return dict(format=self.FORMAT, epoch=self.epoch, batch=self.batch, rank=self.rank,
+                    **{k: getattr(self, k) for k in self._CHECKED},
+                    corpus=[dict(name=Path(p).name, **f) for p, f in zip(self.paths,
+                                                                         self.corpus)])
 
     def load_state_dict(self, state: dict) -> None:
-        missing = [k for k in ("format", "epoch", "batch") + self._CHECKED if k not in state]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state_dict must be a dict from state_dict(), got "
+                            f"{type(state).__name__}")
+        missing = [k for k in ("format", "epoch", "batch", "corpus") + self._CHECKED
+                   if k not in state]
         if missing:
-            raise ValueError(f"state_dict lacks {missing}: not a token loader's state")
-        if state["format"] != 1:
+            raise ValueError(f"state_dict lacks {missing}: not a token loader's state "
+                             "(format 1 states, saved before kernelsuite named the corpus, "
+                             "cannot be checked and are not read)")
+        if not _same(state["format"], self.FORMAT):
             raise ValueError(f"state_dict['format'] is {state['format']!r}; this version "
-                             "reads format 1")
+                             f"reads format {self.FORMAT}")
+        self._check_corpus(state["corpus"])
         for key in self._CHECKED:
-            if state[key] != getattr(self, key):
+            if not _same(state[key], getattr(self, key)):
                 raise ValueError(f"state_dict[{key!r}] is {state[key]!r} but this loader has "
                                  f"{getattr(self, key)!r}: it was saved over other shards or "
                                  "settings")
         epoch, batch = state["epoch"], state["batch"]
-        if not (isinstance(epoch, int) and epoch >= 0 and isinstance(batch, int)
+        if not (_is_int(epoch) and 0 <= epoch < SEED_RANGE and _is_int(batch)
                 and 0 <= batch <= len(self)):
             raise ValueError(f"state_dict epoch/batch ({epoch!r}, {batch!r}) out of range "
-                             f"(batch must be in [0, {len(self)}])")
-        self._jump(epoch, batch)
+                             f"(epoch must be an int in [0, 2**63), batch in [0, {len(self)}])")
+        self._jump(int(epoch), int(batch))
+
+    def _check_corpus(self, saved):
+        keys = ("tokens", "dtype", "hash")
+        if not isinstance(saved, (list, tuple)) or not all(
+                isinstance(e, Mapping) and all(k in e for k in keys + ("name",)) for e in saved):
+            raise ValueError(f"state_dict['corpus'] is not a list of shard fingerprints "
+                             f"(name, {', '.join(keys)}): {saved!r:.200}")
+        if len(saved) != len(self.corpus):
+            raise ValueError(f"state_dict['corpus'] lists {len(saved)} shards but this loader "
+                             f"has {len(self.corpus)}: it was saved over another corpus")
+        ident = [tuple(e[k] for k in keys) for e in saved]
+        for i, (path, ours) in enumerate(zip(self.paths, self.corpus)):
+            mine = tuple(ours[k] for k in keys)
+            if mine == ident[i]:
+                continue
+            if mine in ident:
+                j = ident.index(mine)
+                raise ValueError(f"shard {i} ({path}) was shard {j} ({saved[j]['name']}) when "
+                                 "the state was saved: the same shards in another order")
+            diff = "; ".join(
+                f"{k} {saved[i][k]!r} then, {ours[k]!r} now" if k != "hash" else
+                f"content hash differs (size or first/last {SAMPLE_BYTES} bytes)"
+                for k in keys if saved[i][k] != ours[k])
+            raise ValueError(f"shard {i} ({path}) is not the shard the state was saved over "
+                             f"({saved[i]['name']}): {diff}")
 
     def _jump(self, epoch, batch):
         self.epoch, self.batch = (epoch + 1, 0) if batch == len(self) else (epoch, batch)

@@ -25,7 +25,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .shards import HEADER_BYTES
+from .shards import HEADER_BYTES, short_read
 
 
 @intrinsic
@@ -109,8 +109,7 @@ class ShardReader:
         status, docs, max_len = _gather(self.fds, first, windows, stage, x, y, positions,
                                         cu_seqlens, eos_id)
         if status < 0:
-            raise OSError(f"{self.paths[-1 - status]}: short read; the shard changed on disk "
-                          "after it was opened")
+            raise short_read(self.paths[-1 - status])
         return docs, max_len
 
     def close(self):

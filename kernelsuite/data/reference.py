@@ -5,29 +5,61 @@ Slow on purpose of being obvious; tests check TokenLoader yields identical batch
 from __future__ import annotations
 
 import bisect
+import os
+import weakref
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from .common import DocBatch, LoaderBase
+from .shards import HEADER_BYTES, short_read
+
+
+def _close(fds):
+    for fd in fds:
+        if fd is not None:
+            os.close(fd)
 
 
 class TokenWindows(Dataset):
-    """Window i of the corpus: (x, y) int64 tensors of seq_len tokens, y shifted by one."""
+    """Window i of the corpus: (x, y) int64 tensors of seq_len tokens, y shifted by one.
+
+    shards: the open_shard arrays. Windows are read from the files with os.pread, not
+    through the memory maps: a map of a file truncated while it is open kills the process
+    with SIGBUS, a pread returns short and raises the OSError TokenLoader raises."""
 
     def __init__(self, shards, seq_len):
         self.shards, self.seq_len = shards, seq_len
         counts = [max(0, (len(s) - 1) // seq_len) for s in shards]
         self.first = np.cumsum([0] + counts).tolist()  # window index where each shard starts
+        # shards without a window (maybe empty arrays, which have no file) are never read
+        self.names = [s.filename if c else None for s, c in zip(shards, counts)]
+        self._open()
+
+    def _open(self):
+        self._fds = [name and os.open(name, os.O_RDONLY) for name in self.names]
+        weakref.finalize(self, _close, list(self._fds))
+
+    def __getstate__(self):  # worker processes started by spawn open the files again
+        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
 
     def __len__(self):
         return self.first[-1]
 
     def __getitem__(self, i):
         s = bisect.bisect_right(self.first, i) - 1
+        dtype = self.shards[s].dtype
         start = (i - self.first[s]) * self.seq_len
-        window = torch.from_numpy(self.shards[s][start:start + self.seq_len + 1].astype(np.int64))
+        nbytes = (self.seq_len + 1) * dtype.itemsize
+        data = os.pread(self._fds[s], nbytes, HEADER_BYTES + start * dtype.itemsize)
+        if len(data) != nbytes:
+            raise short_read(self.names[s])
+        window = torch.from_numpy(np.frombuffer(data, dtype).astype(np.int64))
         return window[:-1], window[1:]
 
 
@@ -56,6 +88,9 @@ class ReferenceTokenLoader(LoaderBase):
         super().__init__(paths, batch_size, seq_len, seed=seed, shuffle=shuffle, rank=rank,
                          world_size=world_size, device=device, pin_memory=pin_memory,
                          prefetch=prefetch, eos_id=eos_id)
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) \
+                or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.dataset = TokenWindows(self.shards, self.seq_len)
         self.num_workers = num_workers
 

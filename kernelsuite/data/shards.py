@@ -8,16 +8,21 @@
     24      8     reserved, zero
     32      ...   the tokens, little-endian
 
-`write_shard` writes to a temporary name in the same directory and renames it into place,
-so a reader never sees a partial shard. `open_shard` checks the header against the file
-size before it maps the tokens.
+`write_shard` writes to a temporary name in the same directory (".kstmp-PID-XXXXXXXX-NAME",
+mode 0666 less the umask, like any new file) and renames it into place, so a reader never
+sees a partial shard; `remove_stale_temps` removes the temporary files of writers that were
+killed (their PID is gone). `open_shard` checks that the path is a regular file and the
+header against the file size before it maps the tokens.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import secrets
+import stat
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +73,14 @@ def write_shard(path, tokens, dtype=None) -> Path:
     return write_tokens(Path(path), as_tokens(tokens, dtype))
 
 
+TEMP_PREFIX = ".kstmp-"
+_TEMP_NAME = re.compile(r"\.kstmp-(\d+)-[0-9a-f]{8}-")
+
+
 def write_tokens(path: Path, arr: np.ndarray) -> Path:
     """write_shard for tokens already checked by as_tokens."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(HEADER.pack(MAGIC, VERSION, arr.itemsize, arr.size))
@@ -87,11 +97,74 @@ def write_tokens(path: Path, arr: np.ndarray) -> Path:
     return path
 
 
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid
+        return True
+    return True
+
+
+def remove_stale_temps(directory) -> list[Path]:
+    """Remove the temporary files that killed writers left in directory (those whose
+    writer's PID is no longer running); returns their paths."""
+    removed = []
+    for tmp in sorted(Path(directory).glob(TEMP_PREFIX + "*")):
+        match = _TEMP_NAME.match(tmp.name)
+        if match and not _alive(int(match.group(1))):
+            try:
+                tmp.unlink()
+            except FileNotFoundError:  # another process removed it first
+                continue
+            removed.append(tmp)
+    return removed
+
+
+def short_read(path) -> OSError:
+    """The error for a shard that gave fewer bytes than its header promised."""
+    return OSError(f"{path}: short read; the shard changed on disk after it was opened")
+
+
+def _open_regular(path):
+    """(binary file, size) of path, after checking it is a regular file: opening a FIFO
+    for reading would wait for a writer (O_NONBLOCK opens it at once, to be refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device or special file")
+        raise ShardError(f"{path}: not a token shard: {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb"), st.st_size
+
+
+SAMPLE_BYTES = 4096
+
+
+def shard_fingerprint(path) -> dict:
+    """What tells a shard from another cheaply: its token dtype and count and a hash of its
+    size, header and first and last SAMPLE_BYTES bytes of tokens (not a full read)."""
+    dtype, count = read_header(path)
+    f, size = _open_regular(path)
+    with f:
+        head = f.read(HEADER_BYTES + SAMPLE_BYTES)
+        f.seek(max(len(head), size - SAMPLE_BYTES))
+        tail = f.read(SAMPLE_BYTES)
+    digest = hashlib.blake2b(size.to_bytes(8, "little") + head + tail, digest_size=16)
+    return dict(tokens=int(count), dtype=dtype.name, hash=digest.hexdigest())
+
+
 def read_header(path) -> tuple[np.dtype, int]:
-    """(token dtype, token count) of a shard, after checking its header and file size."""
+    """(token dtype, token count) of a shard, after checking it is a regular file and its
+    header and file size."""
     path = Path(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    f, size = _open_regular(path)
+    with f:
         head = f.read(HEADER_BYTES)
     if len(head) < HEADER_BYTES:
         raise ShardError(f"{path}: truncated: {size} bytes, shorter than the "
