@@ -100,8 +100,9 @@ def _visible(rows, cols, n_rows, n_cols, off, win_left, win_right):
 
 @triton.jit
 def _tanh(x):
-    # tanh through exp2 (the interpreter has no libdevice); saturates cleanly to +-1
-    return 1.0 - 2.0 / (tl.math.exp2((2.0 * _LOG2E) * x) + 1.0)
+    # tanh through exp2 (the interpreter has no libdevice); saturates cleanly to +-1.
+    # tensor * constexpr, not constexpr * tensor: triton 3.8's interpreter refuses the latter
+    return 1.0 - 2.0 / (tl.math.exp2(x * (2.0 * _LOG2E)) + 1.0)
 
 
 @triton.jit
