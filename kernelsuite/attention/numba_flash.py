@@ -191,7 +191,7 @@ def _f32_from_bits(typingctx, bits):
 
 
 def _exp2(x):
-    """2**x; exactly 0 for x < -126.5 (so a masked -inf score gives p = 0)."""
+    """2**x; exactly 0 for x < -126.5 (so a masked -inf score gives p = 0); NaN for NaN."""
     return np.exp2(x)
 
 
@@ -212,7 +212,8 @@ def _exp2_impl(x):
         n = np.rint(xc)
         f = xc - n
         p = (((((_C5 * f + _C4) * f + _C3) * f + _C2) * f + _C1) * f + _C0)
-        return p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+        y = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+        return y if x == x else x  # a NaN score stays NaN (the clamp above would hide it)
 
     return exp2_f32
 
@@ -225,8 +226,9 @@ def _tanh_impl(x):
     def tanh_f32(x):
         # 1 - 2 / (e^(2x) + 1), absolute error ~1e-7; |x| >= 10 is +-1 in float32
         xc = min(max(x, np.float32(-10.0)), np.float32(10.0))
-        return np.float32(1.0) - np.float32(2.0) / (_exp2(xc * np.float32(2.0 * LOG2E))
-                                                   + np.float32(1.0))
+        y = np.float32(1.0) - np.float32(2.0) / (_exp2(xc * np.float32(2.0 * LOG2E))
+                                                + np.float32(1.0))
+        return y if x == x else x
 
     return tanh_f32
 
@@ -284,12 +286,14 @@ def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_right,
-             qk_scale, cap, bm):
+             qk_scale, cap, bm, exact):
     """out (Tq, Hq, d) and lse (Hq, Tq) from q flat (element (t, h, c) at t*q_st + h*q_sh + c),
     kt (Hkv, d, Tk + BLOCK_N) and v (Hkv, Tk + BLOCK_N, d) (see _head_major). q.k * qk_scale
     is the score in log2 units, or its softcap tanh argument when cap > 0 (scores =
     cap * tanh(...)).
-    Windows are >= 0 (UNBOUNDED for none). bm: query rows per task, a multiple of 4."""
+    Windows are >= 0 (UNBOUNDED for none). bm: query rows per task, a multiple of 4.
+    exact: v holds a NaN or Inf, so edge blocks multiply P by V key by key, skipping hidden
+    keys (P = 0 times NaN would reach rows that cannot see that key)."""
     heads, d = out.shape[1], out.shape[2]
     tk_pad = kt.shape[2]
     bn = BLOCK_N
@@ -342,12 +346,20 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 if alpha != 1:
                     for c in range(d):
                         acc[r, c] *= alpha
-            _gemm(acc, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
-                  min(bn, kl - j), True)
+            if exact and edge:
+                for r in range(rows):
+                    pos = i0 + r + off
+                    for c in range(min(bn, kl - j)):
+                        if not _hidden(j + c, pos, kl, win_left, win_right):
+                            for e in range(d):
+                                acc[r, e] += s[r, c] * v[kvh, ks + j + c, e]
+            else:
+                _gemm(acc, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
+                      min(bn, kl - j), True)
             j += bn
         for r in range(rows):
             i = qs + i0 + r
-            if den[r] > 0:
+            if den[r] != 0:  # NaN too: a NaN score makes the row NaN
                 inv = one / den[r]
                 for c in range(d):
                     out[i, h, c] = acc[r, c] * inv
@@ -360,12 +372,13 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, dk, dv,
-              cu_q, cu_k, group, win_left, win_right, qk_scale, cap):
+              cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units (+inf where a row sees no key, so p = 0); delta
     (Hq, Tq) = rowsum(dO * O) - dLSE. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
-    the softmax scale) and dv (Tk, Hkv, d)."""
+    the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
+    blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs."""
     heads_kv, d = dk.shape[1], dk.shape[2]
     tk_pad = kt.shape[2]
     chunks = dq_part.shape[0]
@@ -423,10 +436,21 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                                     dsrow[c] = 0
                     # dV += P^T dO; dK += dS^T Q; dQ tile = dS K (rows past the sequence end
                     # are never added: they belong to the next sequence)
-                    _gemm(dv_acc, 0, d, p, 0, 1, bn, do_blk, 0, d, bn, d, rows, True)
-                    _gemm(dk_acc, 0, d, ds, 0, 1, bn, q_blk, 0, d, bn, d, rows, True)
-                    _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d, bm,
-                          d, cols, False)
+                    if exact and edge:
+                        dq_tile[:] = 0
+                        for r in range(rows):
+                            pos = i0 + r + off
+                            for c in range(cols):
+                                if not _hidden(j + c, pos, kl, win_left, win_right):
+                                    for e in range(d):
+                                        dv_acc[c, e] += p[r, c] * do_blk[r, e]
+                                        dk_acc[c, e] += ds[r, c] * q_blk[r, e]
+                                        dq_tile[r, e] += ds[r, c] * k[kvh, ks + j + c, e]
+                    else:
+                        _gemm(dv_acc, 0, d, p, 0, 1, bn, do_blk, 0, d, bn, d, rows, True)
+                        _gemm(dk_acc, 0, d, ds, 0, 1, bn, q_blk, 0, d, bn, d, rows, True)
+                        _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d,
+                              bm, d, cols, False)
                     for r in range(rows):
                         for c in range(d):
                             dq_part[chunk, qs + i0 + r, h, c] += dq_tile[r, c]
@@ -467,6 +491,12 @@ def _head_major(x, x_st, x_sh, out, transposed):
 # ----------------------------------------------------------------------------- launch
 
 
+def _finite(*tensors) -> bool:
+    """Whether every element is finite: the kernels take exact (slower) paths otherwise, so
+    that a NaN or Inf reaches exactly the outputs that depend on it."""
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def _set_threads():
     """Numba uses as many threads as torch does (torch.set_num_threads sets both)."""
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
@@ -504,7 +534,7 @@ class _Problem:
 
     def tokens(self, x):
         """(T, H, d) tensor in the compute dtype with unit-stride rows: a view when possible."""
-        x = x.detach().reshape(-1, x.shape[-2], x.shape[-1]).to(self.dtype)
+        x = x.detach().reshape(math.prod(x.shape[:-2]), *x.shape[-2:]).to(self.dtype)
         return x if x.stride(-1) == 1 else x.contiguous()
 
     def flat(self, x):
@@ -525,7 +555,9 @@ class _Problem:
 
     def lse_rows(self, lse):
         """The public LSE layout ((batch, Hq, seqlen) dense, (Hq, Tq) varlen) -> (Hq, Tq)."""
-        return lse if self.varlen else lse.transpose(0, 1).reshape(self.heads_q, -1)
+        if self.varlen:
+            return lse
+        return lse.transpose(0, 1).reshape(self.heads_q, lse.shape[0] * lse.shape[2])
 
     def lse_out(self, lse):
         """(Hq, Tq) -> the public LSE layout."""
@@ -554,7 +586,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     block_m = 2 * BLOCK_M if P.window == (UNBOUNDED, UNBOUNDED) else BLOCK_M
     _forward(*P.flat(qt), P.head_major(kt_, transposed=True), P.head_major(vt_),
              out_t.numpy(), lse_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale,
-             P.cap, block_m)
+             P.cap, block_m, not _finite(vt_))
     out_t = out_t.view(q.shape)
     if out is not None:
         out_t = out if out_t.data_ptr() == out.data_ptr() else out.copy_(out_t)
@@ -588,7 +620,7 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
               P.head_major(vt_, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
               dq_part.numpy(), dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window,
-              P.qk_scale, P.cap)
+              P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot))
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
     dk_t.mul_(P.scale / float(P.qk_scale))
     results = []

@@ -19,6 +19,14 @@ def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def bounded_window(window_size, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
+    """(left, right) with -1 for a side that reaches every key anyway: a left window of at
+    least seqlen_k, a right one of at least seqlen_q (so that huge windows, 2**63 - 1 say,
+    never enter index arithmetic)."""
+    left, right = window_size
+    return (-1 if left >= seqlen_k else left), (-1 if right >= seqlen_q else right)
+
+
 def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device=None) -> torch.Tensor:
     """Bool (seqlen_q, seqlen_k): True where query i may attend to key j.
 
@@ -26,7 +34,7 @@ def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device
     position i + seqlen_k - seqlen_q. window_size=(left, right) keeps keys in
     [pos - left, pos + right] (-1 = unbounded); causal forces right = 0.
     """
-    left, right = window_size
+    left, right = bounded_window(window_size, seqlen_q, seqlen_k)
     if causal:
         right = 0
     pos = torch.arange(seqlen_q, device=device)[:, None] + (seqlen_k - seqlen_q)
@@ -37,6 +45,55 @@ def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device
     if right >= 0:
         mask &= j <= pos + right
     return mask
+
+
+def _qk(qh, kh, mask):
+    """q @ k^T (..., m, n); with a bool (m, n) mask, summed pair by pair over visible
+    (query, key) pairs only, so a non-finite value of a hidden pair cannot leak (forward or
+    backward, through 0 * NaN)."""
+    if mask is None:
+        return torch.matmul(qh, kh.transpose(-1, -2))
+    keep = mask[:, :, None]
+    return (torch.where(keep, qh[..., :, None, :], 0)
+            * torch.where(keep, kh[..., None, :, :], 0)).sum(-1)
+
+
+def _masked_mm(a, b, mask):
+    """a @ b (..., m, e) with a (..., m, n), b (..., n, e), counting a[i, j] * b[j] only where
+    mask[i, j]: memory O(m * n * e)."""
+    keep = mask[:, :, None]
+    return (torch.where(keep, a[..., None], 0)
+            * torch.where(keep, b[..., None, :, :], 0)).sum(-2)
+
+
+def _finite(*tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+class _PV(torch.autograd.Function):
+    """p @ v, and its gradients, over visible (query, key) pairs only (p is 0 elsewhere).
+
+    A matmul is exact while everything is finite. Otherwise 0 * NaN would carry a NaN or
+    Inf of v (forward, and dp in the backward) or of the incoming gradient (dv) to pairs
+    that cannot see each other: those products are then formed over visible pairs only.
+    """
+
+    @staticmethod
+    def forward(ctx, p, vh, mask):
+        ctx.save_for_backward(p, vh, mask)
+        if _finite(vh):
+            return torch.matmul(p, vh)
+        return _masked_mm(p, vh, mask)
+
+    @staticmethod
+    def backward(ctx, g):
+        p, vh, mask = ctx.saved_tensors
+        dp = torch.matmul(g, vh.transpose(-1, -2)) if _finite(g, vh) else _qk(g, vh, mask)
+        if _finite(g):
+            dv = torch.matmul(p.transpose(-1, -2), g)
+        else:
+            dv = _masked_mm(p.transpose(-1, -2), g, mask.T)
+        return dp.masked_fill(~mask, 0), dv, None
 
 
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
@@ -58,10 +115,14 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     vh = v.transpose(1, 2).repeat_interleave(group, dim=1)
 
     acc_dtype = lse_dtype(q.dtype)
-    scores = torch.matmul(qh, kh.transpose(-1, -2)).to(acc_dtype) * softmax_scale
+    mask = visible_mask(seqlen_q, seqlen_k, causal, window_size, q.device)
+    # A NaN or Inf must reach exactly the rows (and gradients) that see it: a matmul would
+    # spread it through the zeros of hidden pairs (0 * NaN), so then the products are
+    # formed pair by pair over visible pairs only (memory O(seqlen_q * seqlen_k * d)).
+    scores = _qk(qh, kh, None if _finite(q, k) else mask).to(acc_dtype)
+    scores = scores * softmax_scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
-    mask = visible_mask(seqlen_q, seqlen_k, causal, window_size, q.device)
     scores = scores.masked_fill(~mask, float("-inf"))
 
     # Softmax written out so that rows that see no key give p = 0, lse = -inf and finite
@@ -70,13 +131,14 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
         row_max = scores.amax(dim=-1, keepdim=True).detach()
     else:  # amax refuses an empty dim
         row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    # rows that see no key (max -inf) shift by 0; a NaN or +inf max makes the row NaN (IEEE)
+    row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     e = torch.exp(scores - row_max)
     denom = e.sum(dim=-1, keepdim=True)
     empty = denom == 0
     denom = torch.where(empty, torch.ones_like(denom), denom)
-    p = e / denom
-    out = torch.matmul(p.to(vh.dtype), vh).transpose(1, 2).to(q.dtype)
+    p = (e / denom).masked_fill(~mask, 0)  # exactly 0 where hidden, even in a NaN row
+    out = _PV.apply(p.to(vh.dtype), vh, mask).transpose(1, 2).to(q.dtype)
     if not return_lse:
         return out
     lse = (row_max + torch.log(denom)).masked_fill(empty, float("-inf")).squeeze(-1)
