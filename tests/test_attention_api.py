@@ -42,6 +42,10 @@ DENSE_BAD = {
                       ValueError, "window_size"),
     "window_float": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(1.5, 0))),
                      ValueError, "window_size"),
+    "window_over_int64": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(2**63, -1))),
+                          ValueError, "window_size"),
+    "window_under_int64": (lambda q, k, v, kw: (q, k, v, dict(kw, window_size=(0, -2**64))),
+                           ValueError, "window_size"),
     "softcap_negative": (lambda q, k, v, kw: (q, k, v, dict(kw, softcap=-1.0)), ValueError, "softcap"),
     "scale_zero": (lambda q, k, v, kw: (q, k, v, dict(kw, softmax_scale=0.0)), ValueError,
                    "softmax_scale"),
@@ -99,6 +103,7 @@ VARLEN_BAD = {
     "cu_lengths_differ": (_set(4, lambda cu: cu[:-1]), ValueError, "batch \\+ 1"),
     "max_seqlen_short": (_set(5, 4), ValueError, "max_seqlen_q"),
     "max_seqlen_type": (_set(6, 5.0), TypeError, "max_seqlen_k must be an int"),
+    "max_seqlen_negative": (_set(6, -1), ValueError, "max_seqlen_k must be >= 0"),
 }
 
 
@@ -230,3 +235,85 @@ def test_compile_inductor(backend):
         return flash_attn_func(q * 0.5, k, v, causal=True, backend=backend).relu()
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v), f(q, k, v))
+
+
+# ------------------------------------------------------------------ unlucky but valid input
+
+BACKENDS = ["torch", "numba", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("window", [(2**63 - 1, 2**63 - 1), (2**63 - 1, 0), (8, 2**40)])
+def test_huge_windows_are_unbounded(backend, window):
+    """Any window side that reaches past the sequence is the same as -1 (it used to zero the
+    output at 2**63 - 1: the index arithmetic overflowed)."""
+    q, k, v = (x.float().to(DEVICES.get(backend, "cpu")) for x in _dense())
+    unbounded = tuple(-1 if w >= 8 else w for w in window)
+    want = flash_attn_func(q, k, v, window_size=unbounded, backend="torch")
+    got = flash_attn_func(q, k, v, window_size=window, backend=backend)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    direct = reference.flash_attn_func(q, k, v, window_size=window)  # the reference alone
+    torch.testing.assert_close(direct, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_strided_cu_seqlens(backend):
+    """A strided view of cu_seqlens is read by value, not as raw memory (Triton read the
+    storage behind the view: garbage bounds, out-of-bounds reads)."""
+    device = DEVICES.get(backend, "cpu")
+    q, k, v, cu_q, cu_k, mq, mk = _varlen_args()
+    q, k, v = (x.float().to(device) for x in (q, k, v))
+    want = flash_attn_varlen_func(q, k, v, cu_q.to(device), cu_k.to(device), mq, mk,
+                                  backend="torch")
+    junk = torch.full((2 * cu_q.numel(),), 10**6, dtype=torch.int32)
+    strided = []
+    for cu in (cu_q, cu_k):
+        view = junk.clone()[::2]
+        view.copy_(cu)
+        strided.append(view.to(device) if device != "cpu" else view)
+    assert not strided[0].is_contiguous()
+    got = flash_attn_varlen_func(q, k, v, *strided, mq, mk, backend=backend)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_loose_max_seqlen_costs_nothing(backend):
+    """max_seqlen far above the real lengths (flash-attn only needs an upper bound): the
+    Triton grid used to grow with it (2**40 hung; 100000 for 3-token sequences took 29 s
+    under the interpreter). Now the work is bounded by the real lengths."""
+    device = DEVICES.get(backend, "cpu")
+    q, k, v, cu_q, cu_k, mq, mk = _varlen_args()
+    q, k, v = (x.float().to(device) for x in (q, k, v))
+    cu_q, cu_k = cu_q.to(device), cu_k.to(device)
+    want = flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk, backend="torch")
+    calls = []
+    if backend == "triton":  # the grid the kernel is launched on
+        from kernelsuite.attention import triton_flash
+
+        real = triton_flash._Launch.__init__
+
+        def spy(self, *args):
+            real(self, *args)
+            calls.append((self.max_seqlen_q, self.max_seqlen_k))
+        triton_flash._Launch.__init__ = spy
+    try:
+        got = flash_attn_varlen_func(q, k, v, cu_q, cu_k, 2**40, 2**62, backend=backend)
+    finally:
+        if backend == "triton":
+            triton_flash._Launch.__init__ = real
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    if backend == "triton":
+        assert calls == [(mq, mk)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_query_heads(backend):
+    """heads_q = 0 (allowed: 0 is a multiple of heads_kv): empty out and lse, zero dk/dv, on
+    every backend (Numba raised an internal reshape error)."""
+    device = DEVICES.get(backend, "cpu")
+    q = torch.randn(1, 8, 0, 16, device=device, requires_grad=True)
+    k, v = (torch.randn(1, 8, 1, 16, device=device, requires_grad=True) for _ in range(2))
+    out, lse = flash_attn_func(q, k, v, return_lse=True, backend=backend)
+    assert out.shape == (1, 8, 0, 16) and lse.shape == (1, 0, 8)
+    out.sum().backward()
+    assert k.grad.abs().sum() == 0 and v.grad.abs().sum() == 0

@@ -20,6 +20,7 @@ from . import reference
 BACKENDS = ("auto", "triton", "numba", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIM_MIN, HEAD_DIM_MAX = 16, 256
+INT64_MAX = 2**63 - 1
 
 
 # ----------------------------------------------------------------------------- validation
@@ -42,17 +43,17 @@ def _check_scalars(softmax_scale, causal, window_size, softcap, return_lse, dete
                        ("deterministic", deterministic)):
         _check_flag(name, flag)
     if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
-            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1
-                       for w in window_size)):
-        raise ValueError("window_size must be a pair (left, right) of ints >= -1 "
+            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool)
+                       and -1 <= w <= INT64_MAX for w in window_size)):
+        raise ValueError("window_size must be a pair (left, right) of ints in [-1, 2**63 - 1] "
                          f"(-1 = unbounded), got {window_size!r}")
     if (not isinstance(softcap, numbers.Real) or isinstance(softcap, bool)
             or not math.isfinite(softcap) or softcap < 0):
         raise ValueError(f"softcap must be a finite number >= 0 (0 = off), got {softcap!r}")
-    left, right = window_size
+    left, right = (int(w) for w in window_size)
     if causal:  # flash-attn: causal is the window (left, 0)
         right = 0
-    return float(softmax_scale), (int(left), int(right))
+    return float(softmax_scale), (left, right)
 
 
 def _check_tensors(q, k, v, backend, varlen):
@@ -116,11 +117,19 @@ def _check_cu_seqlens(name, cu, total, device, batch=None):
     return lengths
 
 
-def _check_max_seqlen(name, value, lengths):
-    if not isinstance(value, int) or isinstance(value, bool):
+def _check_max_seqlen(name, value, lengths, total):
+    """Returns the bound the kernels use: the longest sequence (eager) or, when the values
+    cannot be read (torch.compile), value capped at the number of tokens. Kernels size their
+    grids by it, so a loose max_seqlen (2**40 for 3-token sequences) costs nothing."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if lengths is not None and value < max(lengths):
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    if lengths is None:
+        return min(int(value), total)
+    if value < max(lengths):
         raise ValueError(f"{name} ({value}) is less than the longest sequence ({max(lengths)})")
+    return max(lengths)
 
 
 def _resolve_backend(backend, q):
@@ -233,6 +242,7 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     _check_tensors(q, k, v, backend, varlen=False)
     scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
                                           return_lse, deterministic, q.shape[-1])
+    left, right = reference.bounded_window((left, right), q.shape[1], k.shape[1])
     if backend == "torch":
         return reference.flash_attn_func(q, k, v, scale, False, (left, right), float(softcap),
                                          return_lse, deterministic)
@@ -259,8 +269,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     lengths_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     lengths_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device,
                                   batch=cu_seqlens_q.numel() - 1)
-    _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q)
-    _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k)
+    max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q, q.shape[0])
+    max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k, k.shape[0])
+    # the Triton kernels read cu_seqlens as raw memory: a strided view must be copied
+    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
+    left, right = reference.bounded_window((left, right), max_seqlen_q, max_seqlen_k)
     if backend == "torch":
         return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                 max_seqlen_q, max_seqlen_k, scale, False,
