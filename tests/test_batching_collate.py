@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func
 from kernelsuite.batching import (ALGORITHMS, IGNORE_INDEX, LengthBucketBatchSampler,
-                                  collate_packed, pack_sequences)
+                                  Packing, collate_packed, pack_sequences)
 
 PAD = -7
 
@@ -84,6 +84,18 @@ def test_collate_rejects_mismatches():
         collate_packed(docs, packing, 10, 0.5)
     with pytest.raises(TypeError, match=r"token_lists\[0\] must hold integers"):
         collate_packed([np.ones(4), docs[1]], packing, 10, PAD)
+    with pytest.raises(TypeError, match="ignore_index must be an int"):
+        collate_packed(docs, packing, 10, PAD, ignore_index=1.5)  # was silently -> 1
+    with pytest.raises(ValueError, match="pad_id must fit int64"):
+        collate_packed(docs, packing, 10, 2**70)
+    with pytest.raises(TypeError, match="token_lists must be a sequence"):
+        collate_packed(5, packing, 10, PAD)
+    for ids, lengths in (([0, 3], [4, 6]), ([0, 0], [4, 6, 1]), ([0.0, 0.0], [4, 6])):
+        hand_made = Packing(np.array(ids), 1, 10, np.array(lengths))
+        with pytest.raises(ValueError, match="packing is inconsistent"):
+            collate_packed(docs, hand_made, 10, PAD)
+    with pytest.raises(ValueError, match="do not fit int32 cu_seqlens"):  # checked first:
+        collate_packed(docs, pack_sequences([4, 6], 2**31), 2**31, PAD)  # no 2^31 rows
 
 
 BACKENDS = ["torch", "numba", "triton"]
@@ -189,7 +201,7 @@ def test_sampler_ranks_share_the_batches(drop_last):
 
 
 def test_sampler_bad_input():
-    with pytest.raises(ValueError, match=r"lengths\[1\] = 600 does not fit max_tokens=512"):
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 600 is longer than max_tokens=512$"):
         LengthBucketBatchSampler([3, 600], 512)
     with pytest.raises(ValueError, match=r"lengths\[0\] = -1 is negative"):
         LengthBucketBatchSampler([-1, 6], 512)
@@ -199,3 +211,27 @@ def test_sampler_bad_input():
         LengthBucketBatchSampler([1], 8, max_batch_size=0)
     with pytest.raises(ValueError, match="rank must be an int"):
         LengthBucketBatchSampler([1], 8, rank=2, world_size=2)
+    with pytest.raises(TypeError, match="lengths must hold integers, got a bool"):
+        LengthBucketBatchSampler([1, True], 8)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        LengthBucketBatchSampler([1], 8, seed=1.5)  # was cut to 1
+    s = LengthBucketBatchSampler([1], 8)
+    for epoch in (-1, 2.0, 2**63):
+        with pytest.raises(ValueError, match=r"epoch must be an int in \[0, 2\*\*63\)"):
+            s.set_epoch(epoch)
+
+
+def test_sampler_huge_lengths():
+    """A budget past 2^62 - 1 is refused: batch costs overflowed int64 and two sequences of
+    2^62 tokens came out as one batch under a budget of 2^62 + 5. Up to it, costs are
+    exact."""
+    with pytest.raises(ValueError, match=r"max_tokens must be a positive int \(at most "
+                                         r"2\*\*62 - 1\)"):
+        LengthBucketBatchSampler([2**62, 2**62], 2**62 + 5)
+    lengths = [2**60, 2**60 - 1, 2**59 + 1, 3, 0]
+    for padded in (True, False):
+        batches = list(LengthBucketBatchSampler(lengths, 2**61 - 1, padded=padded, seed=2))
+        assert sorted(i for b in batches for i in b) == list(range(5))
+        for b in batches:
+            sizes = [lengths[i] for i in b]
+            assert (len(b) * max(sizes) if padded else sum(sizes)) <= 2**61 - 1

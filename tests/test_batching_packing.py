@@ -1,6 +1,8 @@
 """Packing: the Numba kernels and the Python references against the algorithms'
 definitions, the bin-packing properties, pack_for_ranks, and bad input."""
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
@@ -134,6 +136,63 @@ def test_bad_input_names_the_argument(pack):
             pack([1], capacity)
     with pytest.raises(ValueError, match="algorithm must be one of"):
         pack([1], 10, "first-fit")
+    with pytest.raises(TypeError, match="lengths must hold integers, got a bool"):
+        pack([3, True], 10)
+    with pytest.raises(ValueError, match=r"lengths\[1\] = 18446744073709551615 does not fit "
+                                         "int64"):
+        pack(np.array([1, 2**64 - 1], np.uint64), 10)
+    with pytest.raises(TypeError, match="truncate must be a bool"):
+        pack([1], 10, "ffd", "yes")
+
+
+@pytest.mark.parametrize("pack", IMPLS.values(), ids=IMPLS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_huge_lengths_pack_exactly_or_raise(pack, algorithm):
+    """Lengths near 2^62: bins and loads stay exact (the loads went through float64, and
+    int64 totals overflowed: greedy put 3 x 2^62 in one bin), and what could overflow is
+    refused by name."""
+    lengths = [2**60 + 1, 2**60 + 3, 2**60 - 1, 1, 2**59 + 7]
+    capacity = 2**61 + 5
+    p = pack(lengths, capacity, algorithm)
+    want_ids, want_bins = ORACLES[algorithm](lengths, capacity)
+    np.testing.assert_array_equal(p.bin_ids, want_ids)
+    check_packing(p, lengths, capacity)
+    exact = [sum(x for x, b in zip(lengths, want_ids) if b == k) for k in range(want_bins)]
+    assert p.loads.tolist() == exact and p.tokens == sum(lengths)
+    with pytest.raises(ValueError, match=r"capacity must be a positive int \(at most "
+                                         r"2\*\*62 - 1\)"):
+        pack([2**62] * 3, 2**62 + 10, algorithm)
+    with pytest.raises(ValueError, match=r"lengths sum to \d+ tokens, more than 2\*\*62 - 1"):
+        pack([2**62 - 1] * 3, 2**62 - 1, algorithm)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_cost_does_not_grow_with_capacity(algorithm):
+    """1000 lengths in bins of 2^40 tokens: no array sized by capacity (that took 8 TiB,
+    and 7 GiB at 2^28). Scaling every length and the capacity by 2^29 keeps the bins (each
+    algorithm only compares sums of lengths with capacity), so the large-capacity path is
+    checked against the small-capacity one, and against the reference."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 2049, 1000)
+    lengths[:4] = [0, 1, 2048, 2048]
+    scale = 2**29
+    small = pack_sequences(lengths, 2048, algorithm)
+    pack_sequences(lengths[:10] * scale, 2048 * scale, algorithm)  # compiled first
+    tracemalloc.start()
+    try:
+        big = pack_sequences(lengths * scale, 2048 * scale, algorithm)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20  # a few arrays of 1000 entries
+    np.testing.assert_array_equal(big.bin_ids, small.bin_ids)
+    ref = reference.pack_sequences(lengths * scale, 2048 * scale, algorithm)
+    np.testing.assert_array_equal(big.bin_ids, ref.bin_ids)
+    check_packing(big, (lengths * scale).tolist(), 2048 * scale)
+    one = pack_sequences(lengths, 2**40, algorithm)
+    np.testing.assert_array_equal(one.bin_ids, pack_sequences(lengths, int(lengths.sum()),
+                                                              algorithm).bin_ids)
+    assert one.num_bins == 1 and one.loads.tolist() == [lengths.sum()]
 
 
 def test_pack_for_ranks_balances_every_rank():

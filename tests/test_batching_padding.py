@@ -81,6 +81,47 @@ def test_non_contiguous_hidden_states(device):
     assert torch.equal(back, reference.pad_input(got, indices, B, S))
 
 
+def test_strided_indices(device):
+    """indices as a strided view: the Triton backward read them as raw storage and
+    gathered the wrong rows into the gradient."""
+    mask = masks()["mixed"].to(device)
+    x = torch.randn(B, S, 4, device=device)
+    h, indices, _, _ = unpad_input(x, mask)
+    spaced = torch.zeros(2 * indices.numel(), dtype=indices.dtype, device=device)
+    spaced[::2] = indices
+    strided = spaced[::2]
+    for backend in ("triton", "torch"):
+        hg = h.clone().requires_grad_()
+        out = pad_input(hg, strided, B, S, backend=backend)
+        assert torch.equal(out, reference.pad_input(h, indices, B, S))
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        assert torch.equal(hg.grad, grad.reshape(B * S, 4)[indices]), backend
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch", "auto"])
+def test_bad_tensors_name_the_argument(backend, device):
+    mask = masks()["mixed"]
+    x = torch.randn(B, S, 4)
+    _, indices, _, _ = unpad_input(x, mask)
+    with pytest.raises(TypeError, match="hidden_states must be a tensor"):  # AttributeError
+        unpad_input(x.tolist(), mask, backend=backend)
+    with pytest.raises(TypeError, match="hidden_states must be a tensor"):
+        pad_input([[0.0]] * indices.numel(), indices, B, S, backend=backend)
+    with pytest.raises(ValueError, match=r"batch \* seqlen = \d+ rows do not fit int64"):
+        pad_input(torch.randn(indices.numel(), 4), indices, 2**40, 2**30, backend=backend)
+    fp8 = x.to(torch.float8_e4m3fn)
+    if backend == "triton":  # the interpreter crashed on float8
+        with pytest.raises(TypeError, match="backend='triton' does not take"):
+            unpad_input(fp8, mask, backend=backend)
+    else:  # auto picks torch for what Triton does not take, on CUDA too
+        got = unpad_input(fp8.to(device), mask.to(device), backend=backend)[0]
+        assert torch.equal(got.view(torch.uint8).cpu(),
+                           reference.unpad_input(fp8, mask)[0].view(torch.uint8))
+        flags = unpad_input(x.bool().to(device), mask.to(device), backend=backend)[0]
+        assert torch.equal(flags.cpu(), reference.unpad_input(x.bool(), mask)[0])
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 def test_bad_masks_and_indices(backend):
     x = torch.randn(B, S, 4)

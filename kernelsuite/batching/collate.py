@@ -42,19 +42,42 @@ def _token_array(tokens, i):
                       "document)") from None
 
 
+def _check_id(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{name} must fit int64, got {value!r}")
+
+
+def _check_packing(packing):
+    """A Packing whose fields agree (one built by hand may not)."""
+    if not isinstance(packing, Packing):
+        raise TypeError(f"packing must be a Packing (from pack_sequences), got "
+                        f"{type(packing).__name__}")
+    ids, lengths = np.asarray(packing.bin_ids), np.asarray(packing.lengths)
+    n = packing.num_bins
+    if ids.ndim != 1 or ids.dtype.kind not in "iu" or lengths.shape != ids.shape \
+            or lengths.dtype.kind not in "iu" or not isinstance(n, (int, np.integer)) \
+            or (ids.size and (ids.min() < 0 or ids.max() >= n or lengths.min() < 0)):
+        raise ValueError("packing is inconsistent: bin_ids and lengths must be 1-D integer "
+                         "arrays of one size, bin_ids in [0, num_bins), lengths >= 0")
+
+
 def collate_packed(token_lists, packing, capacity, pad_id,
                    ignore_index=IGNORE_INDEX) -> PackedBatch:
     """Rows of packed documents: document i goes to row packing.bin_ids[i]; the documents of
     a row keep their order in token_lists. A document packed with truncate=True is cut to
     its packed length. Rows are filled up to capacity with pad_id.
     """
-    if not isinstance(packing, Packing):
-        raise TypeError(f"packing must be a Packing (from pack_sequences), got "
-                        f"{type(packing).__name__}")
+    _check_packing(packing)
     capacity = check_capacity(capacity)
-    if isinstance(pad_id, bool) or not isinstance(pad_id, (int, np.integer)):
-        raise TypeError(f"pad_id must be an int, got {pad_id!r}")
-    token_lists = list(token_lists)
+    _check_id(pad_id, "pad_id")
+    _check_id(ignore_index, "ignore_index")
+    try:
+        token_lists = list(token_lists)
+    except TypeError:
+        raise TypeError(f"token_lists must be a sequence of token sequences, got "
+                        f"{type(token_lists).__name__}") from None
     n = len(packing.bin_ids)
     if len(token_lists) != n:
         raise ValueError(f"token_lists has {len(token_lists)} documents but the packing has "
@@ -65,6 +88,9 @@ def collate_packed(token_lists, packing, capacity, pad_id,
         raise ValueError(f"capacity={capacity} is less than the fullest bin "
                          f"({loads.max()} tokens; the packing's capacity is "
                          f"{packing.capacity})")
+    if packing.num_bins * capacity >= 2**31:
+        raise ValueError(f"num_bins * capacity = {packing.num_bins * capacity} tokens do not "
+                         "fit int32 cu_seqlens: collate fewer documents at a time")
     pieces = []
     for i, tokens in enumerate(token_lists):
         arr = _token_array(tokens, i)

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 ALGORITHMS = ("ffd", "bfd", "greedy")
+# The most tokens a capacity, a length or the sum of the lengths may hold: below 2^62, the
+# kernels' int64 running totals (a sum plus a capacity, twice a budget) cannot overflow.
+MAX_TOKENS = 2**62 - 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,8 +29,9 @@ class Packing:
     @property
     def loads(self) -> np.ndarray:
         """Tokens in each bin (int64, num_bins)."""
-        return np.bincount(self.bin_ids, weights=self.lengths,
-                           minlength=self.num_bins).astype(np.int64)
+        loads = np.zeros(self.num_bins, np.int64)  # integers: bincount's float64 weights
+        np.add.at(loads, self.bin_ids, self.lengths)  # round totals past 2^53
+        return loads
 
     @property
     def tokens(self) -> int:
@@ -60,9 +64,10 @@ class Packing:
 
 
 def check_capacity(capacity, name="capacity") -> int:
-    if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
-            or capacity < 1:
-        raise ValueError(f"{name} must be a positive int, got {capacity!r}")
+    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) \
+            or not 1 <= capacity <= MAX_TOKENS:
+        raise ValueError(f"{name} must be a positive int (at most 2**62 - 1), got "
+                         f"{capacity!r}")
     return int(capacity)
 
 
@@ -78,6 +83,9 @@ def as_lengths(lengths, name="lengths") -> np.ndarray:
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"{name} must hold integers, got a tensor of {lengths.dtype}")
         lengths = lengths.detach().cpu().numpy()
+    elif isinstance(lengths, (list, tuple)) and any(isinstance(v, (bool, np.bool_))
+                                                    for v in lengths):
+        raise TypeError(f"{name} must hold integers, got a bool in {lengths!r:.80}")
     arr = np.asarray(lengths)
     if arr.size == 0:
         arr = arr.astype(np.int64)
@@ -85,22 +93,39 @@ def as_lengths(lengths, name="lengths") -> np.ndarray:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
         raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        hi = int(arr.argmax())
+        raise ValueError(f"{name}[{hi}] = {arr[hi]} does not fit int64")
     return arr.astype(np.int64, copy=False)
 
 
-def check_lengths(lengths, capacity, truncate, name="lengths") -> np.ndarray:
-    """Validated int64 lengths, cut to capacity when truncate, else longer ones raise."""
+def total(arr) -> int:
+    """The exact sum of non-negative int64 values (in halves, so no int64 sum overflows)."""
+    return (int((arr >> 31).sum()) << 31) + int((arr & (2**31 - 1)).sum())
+
+
+def check_lengths(lengths, capacity, truncate, name="lengths",
+                  capacity_name="capacity") -> np.ndarray:
+    """Validated int64 lengths, cut to capacity when truncate, else longer ones raise; their
+    sum must stay within MAX_TOKENS."""
     arr = as_lengths(lengths, name)
-    capacity = check_capacity(capacity)
+    capacity = check_capacity(capacity, capacity_name)
+    if not isinstance(truncate, (bool, np.bool_)):
+        raise TypeError(f"truncate must be a bool, got {truncate!r}")
     if arr.size:
         lo, hi = int(arr.argmin()), int(arr.argmax())
         if arr[lo] < 0:
             raise ValueError(f"{name}[{lo}] = {arr[lo]} is negative")
         if arr[hi] > capacity:
             if not truncate:
-                raise ValueError(f"{name}[{hi}] = {arr[hi]} is longer than capacity="
-                                 f"{capacity}; pass truncate=True to cut such sequences")
+                hint = "; pass truncate=True to cut such sequences" \
+                    if capacity_name == "capacity" else ""
+                raise ValueError(f"{name}[{hi}] = {arr[hi]} is longer than {capacity_name}="
+                                 f"{capacity}{hint}")
             arr = np.minimum(arr, capacity)
+        if min(int(arr[hi]), capacity) * arr.size > MAX_TOKENS and total(arr) > MAX_TOKENS:
+            raise ValueError(f"{name} sum to {total(arr)} tokens, more than 2**62 - 1 (int64 "
+                             "totals would overflow)")
     return arr
 
 
@@ -151,8 +176,11 @@ def check_indices(hidden_states, indices, batch, seqlen):
             or indices.dtype not in (torch.int64, torch.int32):
         raise TypeError("indices must be a 1-D int64 or int32 tensor (as unpad_input returns)")
     for name, value in (("batch", batch), ("seqlen", seqlen)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if batch * seqlen >= 2**63:
+        raise ValueError(f"batch * seqlen = {batch * seqlen} rows do not fit int64 indices")
     if indices.numel() != hidden_states.shape[0]:
         raise ValueError(f"indices has {indices.numel()} entries but hidden_states has "
                          f"{hidden_states.shape[0]} rows")

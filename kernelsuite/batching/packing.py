@@ -3,15 +3,18 @@
 - greedy: next fit in input order. Each bin is a run of consecutive sequences; a sequence
   that does not fit closes the bin. O(n).
 - ffd: first fit decreasing. Sequences by decreasing length (ties in input order), each into
-  the lowest-numbered bin with room. Computed bin by bin (see _ffd), O(n + capacity) with
-  a union-find over lengths.
+  the lowest-numbered bin with room. Computed bin by bin (see _ffd) with a union-find over
+  the lengths.
 - bfd: best fit decreasing. Same order, each into the bin it fills most tightly (least room
   left); among equally tight bins, the one that reached that room last. The tightest room
-  comes from a two-level bitset over room values 0..capacity; a stack per room holds its
-  bins.
+  comes from a two-level bitset over room values 0..capacity, a stack per room holding its
+  bins (_bfd), or, when capacity is large, from two heaps of bins (_bfd_heaps).
 
-Both decreasing algorithms take the order from a counting sort (lengths are at most
-capacity), stable and O(n), and write bins by sorted position before mapping them back.
+Both decreasing algorithms work on length ranks: while capacity is at most a few times the
+number of sequences the ranks are the lengths 0..capacity themselves (a counting sort,
+O(n + capacity) = O(n)), beyond that the distinct lengths, sorted (O(n log n)), so time and
+memory never grow with capacity. They take the order from a counting sort over ranks,
+stable, and write bins by sorted position before mapping them back.
 """
 
 from __future__ import annotations
@@ -26,26 +29,36 @@ from .common import Packing, check_algorithm, check_capacity, check_lengths
 
 
 @njit(nogil=True, cache=True)
-def _starts(lengths, capacity):
-    """Counting sort, first half: in the order by length (ties in input order), the
-    sequences of length x take positions start[x] to start[x + 1] - 1."""
-    start = np.zeros(capacity + 2, np.int64)
-    for x in lengths:
+def _starts(ranks, m):
+    """Counting sort, first half: in the order by rank (ties in input order), the
+    sequences of rank x (0 <= x < m) take positions start[x] to start[x + 1] - 1."""
+    start = np.zeros(m + 1, np.int64)
+    for x in ranks:
         start[x + 1] += 1
-    for x in range(1, capacity + 2):
+    for x in range(1, m + 1):
         start[x] += start[x - 1]
     return start
 
 
 @njit(nogil=True, cache=True)
-def _unsort(lengths, start, sorted_bins, bin_ids):
+def _unsort(ranks, start, sorted_bins, bin_ids):
     """Counting sort, second half: bin_ids[i] = the bin given to sequence i's position.
-    Packing writes bins by position and this pass reads them back one stream per length,
+    Packing writes bins by position and this pass reads them back one stream per rank,
     in order: no random writes into bin_ids."""
     nxt = start[:-1].copy()
-    for i in range(lengths.size):
-        bin_ids[i] = sorted_bins[nxt[lengths[i]]]
-        nxt[lengths[i]] += 1
+    for i in range(ranks.size):
+        bin_ids[i] = sorted_bins[nxt[ranks[i]]]
+        nxt[ranks[i]] += 1
+
+
+def _ranks(lengths, capacity):
+    """(ranks, values, dense): lengths[i] = values[ranks[i]], values increasing. Dense: the
+    values are 0..capacity and the ranks the lengths, while that costs O(n); else the
+    distinct lengths."""
+    if capacity <= min(4 * lengths.size + 1024, 2**30):
+        return lengths, np.arange(capacity + 1, dtype=np.int64), True
+    values, ranks = np.unique(lengths, return_inverse=True)
+    return ranks.reshape(-1).astype(np.int64), values.astype(np.int64), False
 
 
 @njit(nogil=True, cache=True)
@@ -64,44 +77,47 @@ def _greedy(lengths, capacity, bin_ids):
 
 
 @njit(nogil=True, cache=True)
-def _ffd(lengths, capacity, bin_ids):
+def _ffd(ranks, values, capacity, dense, bin_ids):
     # Bin by bin: a bin takes the longest sequence left, then again and again the longest
     # left that fits (earliest first among equals): the same bins as putting each sequence,
     # longest first, into the first bin with room, and it needs no search over bins.
-    start = _starts(lengths, capacity)
-    nxt = start[:-1].copy()  # length x -> its next unplaced position
-    sorted_bins = np.empty(lengths.size, np.int32)
-    # longest[x + 1] leads (union-find, path halving) to 1 + the longest length <= x with
-    # sequences left, or to 0 when there is none; a length whose sequences run out links
+    m = values.size
+    start = _starts(ranks, m)
+    nxt = start[:-1].copy()  # rank x -> its next unplaced position
+    sorted_bins = np.empty(ranks.size, np.int32)
+    # longest[k] leads (union-find, path halving) to 1 + the highest rank < k with
+    # sequences left, or to 0 when there is none; a rank whose sequences run out links
     # down to the next one, for good
-    longest = np.arange(capacity + 2).astype(np.int32)  # int32: half the cache lines
-    for x in range(capacity + 1):
+    longest = np.arange(m + 1).astype(np.int32)  # int32: half the cache lines
+    for x in range(m):
         if start[x + 1] == start[x]:
             longest[x + 1] = x
-    bins, left = 0, lengths.size
+    bins, left = 0, ranks.size
     while left:
         room = capacity
         while True:
-            k = room + 1
+            # k: the number of values <= room
+            k = room + 1 if dense else np.searchsorted(values, room, side="right")
             while longest[k] != k:
                 longest[k] = longest[longest[k]]
                 k = longest[k]
             if k == 0:
                 break
             x = k - 1
+            v = values[x]
             j, end = nxt[x], start[x + 1]
             take = end - j  # as many of this length as fit at once
-            if x and room // x < take:
-                take = room // x
+            if v and room // v < take:
+                take = room // v
             for t in range(j, j + take):
                 sorted_bins[t] = bins
             nxt[x] = j + take
             if j + take == end:
                 longest[k] = x
-            room -= take * x
+            room -= take * v
             left -= take
         bins += 1
-    _unsort(lengths, start, sorted_bins, bin_ids)
+    _unsort(ranks, start, sorted_bins, bin_ids)
     return bins
 
 
@@ -141,7 +157,7 @@ def _flip(bits, summary, r):
 
 @njit(nogil=True, cache=True)
 def _bfd(lengths, capacity, bin_ids):
-    start = _starts(lengths, capacity)
+    start = _starts(lengths, capacity + 1)
     sorted_bins = np.empty(lengths.size, np.int32)
     words = (capacity >> 6) + 1
     bits = np.zeros(words, np.uint64)  # bit r: some open bin has exactly r left
@@ -177,6 +193,90 @@ def _bfd(lengths, capacity, bin_ids):
     return bins
 
 
+@njit(nogil=True, cache=True)
+def _before(a, b, room, stamp, tightest):
+    """Heap order: tightest room first, the latest to reach it among equals (tightest), or
+    the most room first."""
+    if tightest:
+        return room[a] < room[b] or (room[a] == room[b] and stamp[a] > stamp[b])
+    return room[a] > room[b]
+
+
+@njit(nogil=True, cache=True)
+def _push(heap, size, b, room, stamp, tightest):
+    i = size
+    while i:
+        parent = (i - 1) >> 1
+        if not _before(b, heap[parent], room, stamp, tightest):
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = b
+    return size + 1
+
+
+@njit(nogil=True, cache=True)
+def _pop(heap, size, room, stamp, tightest):
+    """Drop heap[0]."""
+    size -= 1
+    last, i = heap[size], 0
+    while True:
+        c = 2 * i + 1
+        if c >= size:
+            break
+        if c + 1 < size and _before(heap[c + 1], heap[c], room, stamp, tightest):
+            c += 1
+        if not _before(heap[c], last, room, stamp, tightest):
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = last
+    return size
+
+
+@njit(nogil=True, cache=True)
+def _bfd_heaps(ranks, values, capacity, bin_ids):
+    # _bfd for any capacity: open bins with room for the current length wait in `fits`, a
+    # min-heap on (room, latest first), the others in `short`, a max-heap on room; lengths
+    # only decrease, so a bin moves from short to fits once its room fits, and never back
+    # until it is used
+    n, m = ranks.size, values.size
+    start = _starts(ranks, m)
+    sorted_bins = np.empty(n, np.int32)
+    room = np.empty(n, np.int64)  # bin -> room left
+    stamp = np.empty(n, np.int64)  # bin -> when it reached that room
+    fits, short = np.empty(n, np.int64), np.empty(n, np.int64)
+    nf = ns = bins = clock = 0
+    for x in range(m - 1, -1, -1):
+        v = values[x]
+        while ns and room[short[0]] >= v:
+            b = short[0]
+            ns = _pop(short, ns, room, stamp, False)
+            nf = _push(fits, nf, b, room, stamp, True)
+        j = start[x]
+        while j < start[x + 1]:
+            if nf:
+                b = fits[0]
+                nf = _pop(fits, nf, room, stamp, True)
+                r = room[b]
+            else:
+                b, r = bins, capacity
+                bins += 1
+            take = start[x + 1] - j  # as many as fit, as in _bfd
+            if v and r // v < take:
+                take = r // v
+            sorted_bins[j:j + take] = b
+            j += take
+            room[b], stamp[b] = r - take * v, clock
+            clock += 1
+            if room[b] >= v:
+                nf = _push(fits, nf, b, room, stamp, True)
+            else:
+                ns = _push(short, ns, b, room, stamp, False)
+    _unsort(ranks, start, sorted_bins, bin_ids)
+    return bins
+
+
 def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packing:
     """Pack sequences of the given lengths into bins of `capacity` tokens.
 
@@ -188,8 +288,19 @@ def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packin
     capacity = check_capacity(capacity)
     algorithm = check_algorithm(algorithm)
     lengths = np.ascontiguousarray(check_lengths(lengths, capacity, truncate))
+    if lengths.size >= 2**31:  # bins are int32 inside the kernels
+        raise ValueError(f"lengths has {lengths.size} sequences, at most 2**31 - 1 pack")
     bin_ids = np.empty(lengths.size, np.int64)
-    bins = {"greedy": _greedy, "ffd": _ffd, "bfd": _bfd}[algorithm](lengths, capacity, bin_ids)
+    if algorithm == "greedy":
+        bins = _greedy(lengths, capacity, bin_ids)
+    else:
+        ranks, values, dense = _ranks(lengths, capacity)
+        if algorithm == "ffd":
+            bins = _ffd(ranks, values, capacity, dense, bin_ids)
+        elif dense:
+            bins = _bfd(lengths, capacity, bin_ids)
+        else:
+            bins = _bfd_heaps(ranks, values, capacity, bin_ids)
     return Packing(bin_ids, int(bins), capacity, lengths)
 
 

@@ -12,26 +12,31 @@ from . import reference
 from .common import check_indices, unpad_layout
 
 BACKENDS = ("triton", "torch", "auto")
+# what the Triton gather copies (the interpreter cannot load float8; bool and complex have
+# no Triton type)
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8,
+                 torch.uint8, torch.int16, torch.int32, torch.int64)
 
 
 def _resolve(backend, tensor):
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"hidden_states must be a tensor, got {type(tensor).__name__}")
     if backend == "auto":
-        return "triton" if tensor.is_cuda else "torch"
+        return "triton" if tensor.is_cuda and tensor.dtype in TRITON_DTYPES else "torch"
     if backend == "triton" and not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set "
                          "before triton is imported)")
-    if backend == "triton" and (tensor.dtype == torch.bool or tensor.is_complex()):
+    if backend == "triton" and tensor.dtype not in TRITON_DTYPES:
         raise TypeError(f"backend='triton' does not take hidden_states of {tensor.dtype}; "
                         "use backend='torch'")
     return backend
 
 
 def _rows2d(x):
-    """x as (rows, features) with unit column stride (a view when x allows it)."""
-    x2 = x.reshape(x.shape[0], math.prod(x.shape[1:]))
-    return x2 if x2.stride(1) == 1 or x2.shape[1] <= 1 else x2.contiguous()
+    """x as (rows, features), a view when x allows it (the kernel takes any row stride)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def unpad_input(hidden_states, attention_mask, backend="auto"):

@@ -6,15 +6,16 @@ import numpy as np
 import torch
 from numba import njit
 
-from ..data.common import resolve_rank
-from .common import as_lengths, check_capacity
+from ..data.common import SEED_RANGE, _epoch, _is_int, resolve_rank
+from .common import check_capacity, check_lengths
 
 
 @njit(nogil=True, cache=True)
 def _cut(lengths, max_tokens, max_batch_size, padded):
     """End positions of the batches cut from lengths in order: a batch grows while it costs
     at most max_tokens (rows * longest when padded, else the sum) and holds at most
-    max_batch_size sequences."""
+    max_batch_size sequences. lengths come longest first and max_tokens is at most
+    MAX_TOKENS, so no cost passes 2 * max_tokens < 2^63."""
     ends = np.empty(lengths.size, np.int64)
     nb, count, longest, total = 0, 0, 0, 0
     for i in range(lengths.size):
@@ -51,19 +52,17 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
     def __init__(self, lengths, max_tokens, *, max_batch_size=None, bucket_size=None,
                  shuffle=True, seed=0, drop_last=False, padded=True, rank=None,
                  world_size=None):
-        self.lengths = as_lengths(lengths)
         self.max_tokens = check_capacity(max_tokens, "max_tokens")
+        self.lengths = check_lengths(lengths, self.max_tokens, False,
+                                     capacity_name="max_tokens")
         self.max_batch_size = (self.lengths.size + 1 if max_batch_size is None
                                else check_capacity(max_batch_size, "max_batch_size"))
         self.bucket_size = (max(1, self.lengths.size) if bucket_size is None
                             else check_capacity(bucket_size, "bucket_size"))
-        if self.lengths.size:
-            lo, hi = int(self.lengths.argmin()), int(self.lengths.argmax())
-            if self.lengths[lo] < 0:
-                raise ValueError(f"lengths[{lo}] = {self.lengths[lo]} is negative")
-            if self.lengths[hi] > self.max_tokens:
-                raise ValueError(f"lengths[{hi}] = {self.lengths[hi]} does not fit "
-                                 f"max_tokens={self.max_tokens}")
+        if not _is_int(seed):
+            raise TypeError(f"seed must be an int, got {seed!r}")
+        if not -SEED_RANGE <= seed < SEED_RANGE:
+            raise ValueError(f"seed must be an int in [-2**63, 2**63), got {seed!r}")
         self.shuffle, self.seed = bool(shuffle), int(seed)
         self.drop_last, self.padded = bool(drop_last), bool(padded)
         self.rank, self.world_size = resolve_rank(rank, world_size)
@@ -71,11 +70,11 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
         self._cache = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self.epoch = _epoch(epoch)
 
     def batches(self, epoch=None) -> list[np.ndarray]:
         """Every rank's batches of an epoch (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else int(epoch)
+        epoch = self.epoch if epoch is None else _epoch(epoch)
         n = self.lengths.size
         gen = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(n, generator=gen).numpy() if self.shuffle else np.arange(n)

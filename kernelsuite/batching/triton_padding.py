@@ -27,7 +27,11 @@ def _gather_rows_kernel(src, out, rows, n_rows, n_cols, src_stride, out_stride,
 
 
 def _gather_rows(src, rows):
-    """out[i] = src[rows[i]] (zeros where rows[i] < 0) for 2-D src with unit column stride."""
+    """out[i] = src[rows[i]] (zeros where rows[i] < 0) for 2-D src and 1-D rows."""
+    # the kernel reads raw storage: rows dense, src columns at unit stride
+    rows = rows.contiguous()
+    if src.shape[1] > 1 and src.stride(1) != 1:
+        src = src.contiguous()
     n_rows, n_cols = rows.numel(), src.shape[1]
     out = torch.empty(n_rows, n_cols, dtype=src.dtype, device=src.device)
     if n_rows and n_cols:
