@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func
-from kernelsuite.attention.reference import lse_dtype
+from kernelsuite.attention.reference import lse_dtype, visible_mask
 from kernelsuite.harness.numerics import check_close
 
 # the device each kernel backend's tests run on (Triton: interpreted on CPU without a GPU)
@@ -62,3 +64,34 @@ def check_attention(q, k, v, *, backend="triton", varlen=None, lse_grad=False,
         check_close(name, got[name], lowp[name], truth[name], dtype,
                     floor=None if floor is None else floor(name, truth[name]))
     return got
+
+
+def row_oracle(q, k, v, dout, causal, window, softcap=0.0):
+    """Attention the slowest, most independent way: per (batch, head, query row), float64,
+    over the keys that row can see and no others; dq, dk, dv by autograd of
+    sum(out * dout). Any NaN or Inf reaches exactly what IEEE arithmetic says."""
+    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
+    batch, sq, hq, d = q.shape
+    sk = k.shape[1]
+    mask = visible_mask(sq, sk, causal, window)
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    lse = torch.full((batch, hq, sq), -math.inf, dtype=torch.float64)
+    loss = 0
+    for b in range(batch):
+        for h in range(hq):
+            hk = h // (hq // k.shape[2])
+            for i in range(sq):
+                keys = mask[i].nonzero()[:, 0]
+                if keys.numel() == 0:
+                    continue
+                s = (k[b, keys, hk] @ q[b, i, h]) / math.sqrt(d)
+                if softcap > 0:
+                    s = softcap * torch.tanh(s / softcap)
+                lse_i = torch.logsumexp(s, 0)
+                o = torch.softmax(s, 0) @ v[b, keys, hk]
+                out[b, i, h], lse[b, h, i] = o.detach(), lse_i.detach()
+                loss = loss + (o * dout[b, i, h].double()).sum()
+    if torch.is_tensor(loss):
+        loss.backward()
+    grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in (q, k, v)]
+    return dict(out=out, lse=lse, dq=grads[0], dk=grads[1], dv=grads[2])

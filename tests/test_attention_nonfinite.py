@@ -14,40 +14,12 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from attention_helpers import DEVICES, cu_seqlens
+from attention_helpers import DEVICES, cu_seqlens, row_oracle
 from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func
-from kernelsuite.attention.reference import visible_mask
 
 BACKENDS = ["numba", "torch", "triton"]
 LENGTHS = [5, 0, 9]  # varlen: an empty sequence between two others
 SEQ, HEADS, D = 9, 2, 16
-
-
-def _oracle(q, k, v, dout, causal, window):
-    """Per (batch, head, row): out, lse, and dq, dk, dv by autograd, over visible keys only."""
-    q, k, v = (x.detach().double().requires_grad_() for x in (q, k, v))
-    batch, sq, hq, d = q.shape
-    sk = k.shape[1]
-    mask = visible_mask(sq, sk, causal, window)
-    out = torch.zeros(q.shape, dtype=torch.float64)
-    lse = torch.full((batch, hq, sq), -math.inf, dtype=torch.float64)
-    loss = 0
-    for b in range(batch):
-        for h in range(hq):
-            hk = h // (hq // k.shape[2])
-            for i in range(sq):
-                keys = mask[i].nonzero()[:, 0]
-                if keys.numel() == 0:
-                    continue
-                s = (k[b, keys, hk] @ q[b, i, h]) / math.sqrt(d)
-                lse_i = torch.logsumexp(s, 0)
-                o = torch.softmax(s, 0) @ v[b, keys, hk]
-                out[b, i, h], lse[b, h, i] = o.detach(), lse_i.detach()
-                loss = loss + (o * dout[b, i, h].double()).sum()
-    if torch.is_tensor(loss):
-        loss.backward()
-    grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in (q, k, v)]
-    return dict(out=out, lse=lse, dq=grads[0], dk=grads[1], dv=grads[2])
 
 
 def _run(fn, q, k, v, dout):
@@ -98,7 +70,7 @@ def test_non_finite_dense(backend, causal, window, where, value):
     q, k, v, dout = _inputs(where, value, device)
     got = _run(lambda *a: flash_attn_func(*a, causal=causal, window_size=window,
                                           return_lse=True, backend=backend), q, k, v, dout)
-    want = _oracle(q.cpu(), k.cpu(), v.cpu(), dout.cpu(), causal, window)
+    want = row_oracle(q.cpu(), k.cpu(), v.cpu(), dout.cpu(), causal, window)
     _check_pattern(got, want, backend, causal or window != (-1, -1))
     for name in got:  # and the finite values are right
         ok = torch.isfinite(want[name]) & torch.isfinite(got[name].detach().cpu())
@@ -138,7 +110,7 @@ def test_non_finite_varlen(backend, where):
     want = {n: [] for n in ("out", "lse", "dq", "dk", "dv")}
     start = 0
     for n in LENGTHS:
-        part = _oracle(*(x[m][None, start:start + n] for m in ("q", "k", "v", "dout")),
+        part = row_oracle(*(x[m][None, start:start + n] for m in ("q", "k", "v", "dout")),
                        True, (-1, -1))
         for name in ("out", "dq", "dk", "dv"):
             want[name].append(part[name][0])

@@ -364,9 +364,11 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 for c in range(d):
                     out[i, h, c] = acc[r, c] * inv
                 lse[h, i] = (m[r] + np.log2(den[r])) * LN2
-            else:  # sees no key
+            else:  # sees no key: 0; its visible scores all -inf (an Inf input): NaN
+                pos = i0 + r + off
+                fill = np.nan if min(kl, pos + win_right + 1) > max(0, pos - win_left) else 0
                 for c in range(d):
-                    out[i, h, c] = 0
+                    out[i, h, c] = fill
                 lse[h, i] = neg_inf
 
 
@@ -374,7 +376,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
 def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, dk, dv,
               cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
-    lse2 (Hq, Tq) the LSE in log2 units (+inf where a row sees no key, so p = 0); delta
+    lse2 (Hq, Tq) the LSE in log2 units; delta
     (Hq, Tq) = rowsum(dO * O) - dLSE. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
     the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
@@ -609,7 +611,9 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     if dlse is not None:
         delta = delta - P.lse_rows(dlse)
     lse_t = P.lse_rows(lse)
-    lse2 = torch.where(lse_t == -torch.inf, torch.inf, lse_t.double() * LOG2E).to(P.dtype)
+    # -inf stays: a row that sees no key has only hidden pairs (p is set to 0 there), and
+    # one whose visible scores are all -inf gets p = NaN, as the forward's NaN output
+    lse2 = (lse_t.double() * LOG2E).to(P.dtype)
     pairs = (len(P.cu_q) - 1) * P.heads_kv
     blocks = max(1, math.ceil(kt_.shape[0] / BLOCK_N))
     chunks = max(1, min(blocks, math.ceil(numba.get_num_threads() / max(1, pairs))))

@@ -135,7 +135,9 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     e = torch.exp(scores - row_max)
     denom = e.sum(dim=-1, keepdim=True)
-    empty = denom == 0
+    # a row that sees no key gives 0 (flash-attn); one whose visible scores are all -inf
+    # (an Inf in q or k) gives 0 / 0 = NaN, as IEEE and SDPA do
+    empty = ~mask.any(dim=-1, keepdim=True)
     denom = torch.where(empty, torch.ones_like(denom), denom)
     p = (e / denom).masked_fill(~mask, 0)  # exactly 0 where hidden, even in a NaN row
     out = _PV.apply(p.to(vh.dtype), vh, mask).transpose(1, 2).to(q.dtype)

@@ -194,8 +194,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                                rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
                                win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True,
                                SOFTCAP, DOT_PREC)
-    # A row that saw no key: output 0, lse -inf.
-    empty = l_i == 0.0
+    # A row that saw no key: output 0, lse -inf. One whose visible scores were all -inf (an
+    # Inf in q or k): 0 / 0 = NaN, as IEEE and SDPA give.
+    pos = rows + off
+    sees = tl.minimum(seqlen_k, pos + win_right + 1) > tl.maximum(pos - win_left, 0)
+    empty = (l_i == 0.0) & ~sees
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * _LN2)
