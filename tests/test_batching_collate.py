@@ -8,43 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from batching_helpers import PAD, check_rows, documents
 from kernelsuite.attention import flash_attn_func, flash_attn_varlen_func
-from kernelsuite.batching import (ALGORITHMS, IGNORE_INDEX, LengthBucketBatchSampler,
-                                  Packing, collate_packed, pack_sequences)
-
-PAD = -7
-
-
-def documents(rng, lengths, vocab=1000):
-    return [rng.integers(0, vocab, n) for n in lengths]
-
-
-def check_rows(batch, docs, packing, capacity):
-    """Each document sits whole and in order in its row; labels, positions, padding and
-    segments agree with it, position by position."""
-    ids, labels, pos = (t.numpy() for t in batch[:3])
-    rows = packing.num_bins
-    assert ids.shape == labels.shape == pos.shape == (rows, capacity)
-    cu = batch.cu_seqlens.numpy()
-    assert batch.cu_seqlens.dtype == torch.int32 and cu[0] == 0 and cu[-1] == rows * capacity
-    segments = set(zip(cu[:-1].tolist(), cu[1:].tolist()))
-    assert batch.max_seqlen == max(np.diff(cu), default=0)
-    for r, members in enumerate(packing.bins()):
-        t = 0
-        for i in members:
-            doc = docs[i][:packing.lengths[i]]
-            n = len(doc)
-            np.testing.assert_array_equal(ids[r, t:t + n], doc)
-            if n:
-                np.testing.assert_array_equal(labels[r, t:t + n - 1], doc[1:])
-                assert labels[r, t + n - 1] == IGNORE_INDEX  # never the next document
-                assert (r * capacity + t, r * capacity + t + n) in segments
-            np.testing.assert_array_equal(pos[r, t:t + n], np.arange(n))
-            t += n
-        assert (ids[r, t:] == PAD).all() and (labels[r, t:] == IGNORE_INDEX).all()
-        np.testing.assert_array_equal(pos[r, t:], np.arange(capacity - t))
-        if t < capacity:
-            assert (r * capacity + t, (r + 1) * capacity) in segments
+from kernelsuite.batching import (ALGORITHMS, LengthBucketBatchSampler, Packing,
+                                  collate_packed, pack_sequences)
 
 
 @settings(max_examples=60, deadline=None)

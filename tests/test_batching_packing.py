@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batching_helpers import ORACLES
+from batching_helpers import ORACLES, check_packing
 from kernelsuite.batching import ALGORITHMS, pack_for_ranks, pack_sequences
 from kernelsuite.batching import reference
 
@@ -21,26 +21,6 @@ def problems(draw, max_n=80):
     capacity = draw(st.integers(1, 64))
     lengths = draw(st.lists(st.integers(0, capacity), max_size=max_n))
     return lengths, capacity
-
-
-def check_packing(p, lengths, capacity):
-    """Every sequence in exactly one bin, no bin over capacity, the lower bound holds."""
-    assert p.bin_ids.dtype == np.int64 and p.bin_ids.shape == (len(lengths),)
-    bins = p.bins()
-    assert len(bins) == p.num_bins
-    seen = np.concatenate(bins) if bins else np.zeros(0, np.int64)
-    assert sorted(seen.tolist()) == list(range(len(lengths)))
-    for b, members in enumerate(bins):
-        assert (p.bin_ids[members] == b).all()
-        assert list(members) == sorted(members)
-    assert all(len(members) for members in bins), "an empty bin"
-    loads = p.loads
-    assert (loads <= capacity).all()
-    assert loads.sum() == sum(lengths)
-    assert p.num_bins >= -(-sum(lengths) // capacity) == p.min_bins
-    if p.num_bins:
-        assert p.efficiency == pytest.approx(sum(lengths) / (p.num_bins * capacity))
-        assert p.efficiency <= p.best_efficiency + 1e-12
 
 
 @settings(max_examples=300, deadline=None)
