@@ -281,7 +281,9 @@ def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packin
     """Pack sequences of the given lengths into bins of `capacity` tokens.
 
     lengths: 1-D integers (list, numpy array or CPU tensor), none negative. A length over
-    capacity raises ValueError, unless truncate=True, which cuts it to capacity.
+    capacity raises ValueError, unless truncate=True, which cuts it to capacity. capacity
+    and the sum of the lengths are at most 2**62 - 1 (MAX_TOKENS); time and memory do not
+    grow with capacity.
     algorithm: "ffd" (first fit decreasing, the default), "bfd" (best fit decreasing) or
     "greedy" (next fit in input order: no reordering). Deterministic.
     """
