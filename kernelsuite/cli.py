@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _bench(args) -> int:
@@ -23,6 +24,11 @@ def _bench(args) -> int:
         cases = get_cases(args.kernels, "cuda", "tiny")
     else:
         cases = get_cases(args.kernels, device, "all" if args.all else "quick")
+    if not cases:
+        raise ValueError(f"no case of {args.kernels or 'any kernel'} runs on {device}"
+                         + ("" if args.tiny else " (--tiny: the GPU cases as a dry run)"))
+    for path in filter(None, (args.markdown, args.csv)):  # fail before the run, not after
+        _check_writable(path)
     df = run_cases(cases, device, impls=args.impl)
     notes = [] if args.tiny else get_notes(args.kernels, device)
     table = "\n\n".join([format_table(df)] + notes)
@@ -53,11 +59,14 @@ def _report(args) -> int:
 
     from .harness.report import read_asv, read_pytest_benchmark, write_report
 
-    long = pd.concat([read_asv(args.asv_results), read_pytest_benchmark(args.pytest_json)])
+    asv = args.asv_results or "bench/asv_results"
+    frames = [read_pytest_benchmark(args.pytest_json)]
+    # the default folder may be absent (outside the repository) when JSON files are given
+    if args.asv_results or not args.pytest_json or Path(asv).is_dir():
+        frames.append(read_asv(asv))
+    long = pd.concat(frames)
     if long.empty:
-        print(f"kernelsuite report: error: no results in {args.asv_results} or "
-              f"{args.pytest_json}", file=sys.stderr)
-        return 2
+        raise ValueError(f"no results in {asv} or {args.pytest_json}")
     for path in write_report(long, args.out):
         print(path)
     return 0
@@ -68,18 +77,17 @@ def _compare(args) -> int:
     from .harness.report import read_asv, regressions
 
     machine = args.machine or machine_name("cuda" if _cuda() else "cpu")
-    try:
-        worse = regressions(read_asv(args.asv_results), machine, args.base, args.head,
-                            args.factor)
-    except ValueError as e:
-        print(f"kernelsuite compare: error: {e}", file=sys.stderr)
-        return 2
+    worse = regressions(read_asv(args.asv_results), machine, args.base, args.head,
+                        args.factor)
+    n = worse.attrs  # what was compared, and what had no counterpart (not compared)
+    counts = f"factor {args.factor}; {n['compared']} results compared" + "".join(
+        f", {n[side]} only in {side[:4]}" for side in ("base_only", "head_only") if n[side])
     if worse.empty:
         print(f"no significant regression on {machine} from {args.base} to {args.head} "
-              f"(factor {args.factor})")
+              f"({counts})")
         return 0
     print(f"{len(worse)} significant regression(s) on {machine} from {args.base} to "
-          f"{args.head} (factor {args.factor}):\n")
+          f"{args.head} ({counts}):\n")
     print(worse.to_markdown(index=False, floatfmt=".4g"))
     return 1
 
@@ -91,13 +99,8 @@ def _profile(args) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from .harness.profile import profile
 
-    try:
-        files = profile(args.case, args.impl, args.device, args.out, args.seconds,
-                        args.native, tool=args.tool,
-                        listing="cuda" if args.gpu_case else None)
-    except (ValueError, RuntimeError) as e:
-        print(f"kernelsuite profile: error: {e}", file=sys.stderr)
-        return 2
+    files = profile(args.case, args.impl, args.device, args.out, args.seconds, args.native,
+                    tool=args.tool, listing="cuda" if args.gpu_case else None)
     for path in files:
         print(path)
     return 0
@@ -107,6 +110,38 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def _checked(module: str, check: str, convert=str):
+    """An argparse type: convert the text, then the library's own check (module.check,
+    which raises ValueError naming the rule), so that a bad value is a usage error (exit 2)
+    and the rule is written once. The module is imported only when the option is given."""
+    def parse(text):
+        import importlib
+
+        try:
+            return getattr(importlib.import_module(module, __package__), check)(convert(text))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def _check_writable(path) -> None:
+    """OSError naming path when a file cannot be written there (checked before a long
+    run, so that its results are not lost at the end)."""
+    import os
+
+    folder = Path(path).absolute().parent
+    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise OSError(f"cannot write {str(path)!r}: "
+                      + ("a directory" if Path(path).is_dir() else
+                         f"no directory {str(folder)!r}" if not folder.is_dir() else
+                         f"{str(folder)!r} is not writable"))
+
+
+# what a command raises for bad input (values, files, a missing optional package); anything
+# else is a bug and keeps its traceback
+USAGE_ERRORS = (ValueError, OSError, ModuleNotFoundError)
 
 
 def _shards(args) -> int:
@@ -171,7 +206,9 @@ def main(argv=None) -> int:
     size.add_argument("--tiny", action="store_true",
                       help="a dry run: the GPU's cases and implementations at toy shapes, on "
                            "this machine (without CUDA: CPU tensors, Triton interpreted)")
-    bench.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    device = _checked(".harness.cases", "check_device")
+    bench.add_argument("--device", type=device,
+                       help="cuda, cuda:N or cpu (default: cuda when available)")
     bench.add_argument("--impl", action="append", help="only this implementation (repeatable)")
     bench.add_argument("--markdown", help="also write the table to this file")
     bench.add_argument("--csv", help="also write every measured row to this CSV file")
@@ -179,8 +216,9 @@ def main(argv=None) -> int:
     report = sub.add_parser("report", help="tables (Markdown, CSV) and plots per kernel from "
                                            "the asv results of every machine and "
                                            "pytest-benchmark JSON")
-    report.add_argument("--asv-results", default="bench/asv_results",
-                        help="asv results directory (default: bench/asv_results)")
+    report.add_argument("--asv-results",
+                        help="asv results directory (default: bench/asv_results, when it "
+                             "exists or no --pytest-json is given)")
     report.add_argument("--pytest-json", nargs="*", default=[], metavar="FILE",
                         help="pytest-benchmark JSON files (--benchmark-json/--benchmark-save)")
     report.add_argument("--out", default="bench/report", help="output folder "
@@ -191,18 +229,20 @@ def main(argv=None) -> int:
     compare.add_argument("base", help="base commit (hash, may be abbreviated)")
     compare.add_argument("head", help="new commit")
     compare.add_argument("--machine", help="asv machine (default: this machine's name)")
-    compare.add_argument("--factor", type=float, default=1.2,
-                         help="how much worse counts (default 1.2: 20%%)")
+    compare.add_argument("--factor", type=_checked(".harness.report", "check_factor", float),
+                         default=1.2, help="how much worse counts: a finite number > 1 "
+                                           "(default 1.2: 20%%)")
     compare.add_argument("--asv-results", default="bench/asv_results")
     compare.set_defaults(func=_compare)
     prof = sub.add_parser("profile", help="profile one case: py-spy on CPU, torch.profiler "
                                           "on CUDA, into OUT/<kernel>/<case>/")
     prof.add_argument("case", help="case id, kernel/name (e.g. packing/ffd-mixed-c2048)")
     prof.add_argument("--impl", help="implementation (default: the project's own)")
-    prof.add_argument("--device", help="cuda or cpu (default: cuda when available)")
+    prof.add_argument("--device", type=device,
+                      help="cuda, cuda:N or cpu (default: cuda when available)")
     prof.add_argument("--out", default="profiles", help="output root (default: profiles)")
-    prof.add_argument("--seconds", type=float, default=5.0,
-                      help="CPU: seconds of calls to sample (default 5)")
+    prof.add_argument("--seconds", type=_checked(".harness.profile", "check_seconds", float),
+                      default=5.0, help="CPU: seconds of calls to sample, > 0 (default 5)")
     prof.add_argument("--native", action="store_true",
                       help="CPU: include native (C/C++) frames in py-spy's samples")
     prof.add_argument("--tool", choices=["auto", "py-spy", "torch"], default="auto",
@@ -252,8 +292,17 @@ def main(argv=None) -> int:
     shards.add_argument("--dtype", choices=["uint16", "uint32"], default="uint16")
     shards.add_argument("--prefix", default="shard", help="file names PREFIX_000000.bin, ...")
     shards.set_defaults(func=_shards)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["hopper-static"]:  # its own parser reads every option (a REMAINDER
+        # positional would not take options that come first)
+        args = argparse.Namespace(command=argv[0], func=_hopper_static, rest=argv[1:])
+    else:
+        args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except USAGE_ERRORS as e:
+        print(f"kernelsuite {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

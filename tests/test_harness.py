@@ -75,6 +75,7 @@ def test_cpu_attention_cases_run_every_implementation_they_list(mode):
 
 
 def test_every_case_declares_its_implementations_and_devices():
+    assert get_cases()  # registers every kernel area (REGISTRY fills on first use)
     for kernel in REGISTRY:
         for device in ("cpu", "cuda"):  # GPU cases are listed without a GPU (asv discovery)
             for case in get_cases([kernel], device, "all"):
@@ -98,9 +99,34 @@ def test_machine_names_come_from_the_device(monkeypatch, name, expected):
     assert devices.machine_name("cpu") == expected
 
 
-def test_cli_rejects_unknown_kernel():
-    with pytest.raises(ValueError, match="unknown kernel.*attention"):
-        cli.main(["bench", "no-such-kernel"])
+def test_cli_rejects_unknown_kernel(capsys):
+    assert cli.main(["bench", "no-such-kernel"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kernelsuite bench: error: unknown kernel(s) ['no-such-kernel']; "
+                          "known: ['attention',") and err.count("\n") == 1
+
+
+def test_find_case_says_why_a_case_cannot_run_here():
+    with pytest.raises(ValueError, match=r"'padding/pad-p50-4x64x64' is a cuda case, not one "
+                                         r"of the cpu cases.*--gpu-case"):
+        find_case("padding/pad-p50-4x64x64", "cpu")
+    assert find_case("padding/pad-p50-4x64x64", "cpu", listing="cuda").kernel == "padding"
+    # a kernel without cases on the device lists the other device's, not "known: []"
+    with pytest.raises(ValueError, match=r"padding has no cpu cases; its cuda cases: "
+                                         r"\['padding/"):
+        find_case("padding/nope", "cpu")
+    with pytest.raises(ValueError, match="case id must be kernel/name"):
+        find_case("packing", "cpu")
+    with pytest.raises(ValueError, match="device must be cpu, cuda or cuda:N, got 'tpu'"):
+        find_case("packing/nope", "tpu")
+
+
+def test_run_cases_rejects_an_unknown_implementation():
+    case = Case(kernel="toy", name="t", params={}, flops=0, bytes=1, make_inputs=lambda d: None,
+                impls={"torch": lambda x: None, "mine": lambda x: None})
+    with pytest.raises(ValueError, match=r"unknown implementation\(s\) \['nosuch'\] for these "
+                                         r"cases on cpu; known: \['mine', 'torch'\]"):
+        run_cases([case], "cpu", impls=["mine", "nosuch"], progress=False)
 
 
 def test_cli_bench_prints_a_table(capsys, tmp_path):

@@ -81,8 +81,61 @@ def test_regressions_flag_significant_worsening_only(results):
     write_asv(root2, "M", base, 1, {"suites.AttentionCPU.time_call": timings(1, 0.6)})
     write_asv(root2, "M", head, 2, {"suites.AttentionCPU.time_call": timings(1.5, 0.6)})
     assert regressions(read_asv(root2), "M", base, head).empty
-    with pytest.raises(ValueError, match="no results for commit 'cccc'"):
+    with pytest.raises(ValueError, match=r"commit 'cccc' matches none of the 2 commits with "
+                                         r"results on 'AMD-EPYC' \(newest first\): "
+                                         r"\['bbbbbbbb', 'aaaaaaaa'\]"):
         regressions(read_asv(root), "AMD-EPYC", "cccc", head)
+
+
+def test_regressions_need_one_commit_each_and_something_in_common(results, tmp_path):
+    root, base, head = results
+    long = read_asv(root)
+    # "" once matched every commit, and a prefix of two commits both: all compared with all
+    with pytest.raises(ValueError, match="commit '' matches none of the 2 commits"):
+        regressions(long, "AMD-EPYC", "", head)
+    write_asv(root, "AMD-EPYC", "a1" + base[2:], 3000, {
+        "suites.AttentionCPU.time_call": timings()})
+    with pytest.raises(ValueError, match="commit 'a' matches 2 of the 3 commits"):
+        regressions(read_asv(root), "AMD-EPYC", "a", head)
+    with pytest.raises(ValueError, match=r"no asv results for machine 'M1'; machines with "
+                                         r"results: \['AMD-EPYC', 'NVIDIA-H100-80GB-HBM3'\]"):
+        regressions(long, "M1", base, head)
+    # nothing in common: the gate used to pass, comparing nothing
+    other = tmp_path / "other"
+    write_asv(other, "M", base, 1, {"suites.AttentionCPU.time_call": timings()})
+    write_asv(other, "M", head, 2, {"suites.PackingCPU.time_call": timings(5)})
+    with pytest.raises(ValueError, match=r"nothing to compare on 'M': a+ \(4 results, e\.g\. "
+                                         r"suites\.AttentionCPU\.time_call\) and b+ \(4, "
+                                         r"e\.g\. suites\.PackingCPU\.time_call\)"):
+        regressions(read_asv(other), "M", base, head)
+    args = ["compare", "--asv-results", str(other), "--machine", "M", base, head]
+    assert cli.main(args) == 2
+
+
+def test_regressions_count_what_was_compared(results, capsys):
+    root, base, head = results
+    long = read_asv(root)
+    half = long[~((long.commit == head) & (long.metric == "tflops"))]
+    worse = regressions(half, "AMD-EPYC", base, head)
+    assert worse.attrs == dict(compared=8, base_only=4, head_only=0)
+    assert cli.main(["compare", "--asv-results", str(root), "--machine", "AMD-EPYC", head,
+                     head]) == 0
+    assert "(factor 1.2; 12 results compared)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("factor", ["nan", "inf", "-inf", "0", "-1", "1", "0.5", "x", ""])
+def test_compare_factor_must_be_finite_and_above_one(results, factor, capsys):
+    root, base, head = results
+    with pytest.raises(SystemExit) as e:
+        cli.main(["compare", "--asv-results", str(root), "--machine", "AMD-EPYC",
+                  f"--factor={factor}", base, head])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("kernelsuite compare: error: argument --factor: ")
+    assert "factor must be a finite number > 1" in err or "could not convert" in err
+    if factor not in ("x", ""):
+        with pytest.raises(ValueError, match="factor must be a finite number > 1"):
+            regressions(read_asv(root), "AMD-EPYC", base, head, float(factor))
 
 
 def test_compare_cli_exit_status(results, capsys):
@@ -138,6 +191,34 @@ def test_report_without_results_is_an_error(tmp_path, capsys):
     assert cli.main(["report", "--asv-results", str(tmp_path), "--out",
                      str(tmp_path / "r")]) == 2
     assert "no results" in capsys.readouterr().err
+    missing = tmp_path / "nonexistent"
+    for cmd in (["report", "--asv-results", str(missing)],
+                ["compare", "--asv-results", str(missing), "--machine", "M", "a", "b"]):
+        assert cli.main(cmd) == 2
+        assert capsys.readouterr().err == (f"kernelsuite {cmd[0]}: error: no asv results "
+                                           f"directory {str(missing)!r}\n")
+
+
+def test_a_corrupt_or_missing_results_file_is_named(results, tmp_path, capsys):
+    root, base, head = results
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", "[1, 2]", '{"benchmarks": [{"extra_info": {"impl": 1}, '
+                                       '"stats": {"median": "slow"}}]}', "\udcff"):
+        bad.write_text(text, errors="surrogateescape")
+        assert cli.main(["report", "--asv-results", str(root), "--pytest-json", str(bad),
+                         "--out", str(tmp_path / "r")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"kernelsuite report: error: {bad}: not ") and \
+            err.count("\n") == 1, err
+    assert cli.main(["report", "--pytest-json", str(tmp_path / "none.json")]) == 2
+    assert "No such file or directory" in capsys.readouterr().err
+    asv_file = next((root / "AMD-EPYC").glob("a*.json"))
+    asv_file.write_text('{"result_columns": ["result"], "results": {"a.b.c": 3}}')
+    for cmd in (["report", "--asv-results", str(root), "--out", str(tmp_path / "r")],
+                ["compare", "--asv-results", str(root), "--machine", "AMD-EPYC", base, head]):
+        assert cli.main(cmd) == 2
+        assert capsys.readouterr().err.startswith(
+            f"kernelsuite {cmd[0]}: error: {asv_file}: not an asv results file (")
 
 
 def test_latest_prefers_the_newest_result(results):

@@ -95,23 +95,59 @@ def implementation_names(kernel: str, device: str) -> list[str]:
 
 
 def _device_type(device: str) -> str:
+    """"cpu" or "cuda" for a device such as "cuda:0"; ValueError naming it otherwise."""
     import torch
 
-    return torch.device(device).type
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):  # torch's message lists 20 device types
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    return kind
+
+
+def check_device(device: str) -> str:
+    """device, if this machine has it (cpu, or a CUDA device torch sees); ValueError naming
+    it otherwise. Listing cases needs no GPU (get_cases); running them does."""
+    import torch
+
+    if _device_type(device) == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (torch.device(device).index or 0) >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)"
+                             + ("" if count else "; the GPU cases' code runs on the CPU as "
+                                "a dry run with --tiny (bench) or --gpu-case (profile)"))
+    return device
 
 
 def find_case(case_id: str, device: str = "cpu", listing: str | None = None) -> Case:
     """The case named "kernel/name" (from the full sweep, or the tiny set) on this device;
     listing: the device type whose cases to look in (default: device's), e.g. "cuda" to run
     a GPU case's code on the CPU in a dry run."""
+    if "/" not in case_id:
+        raise ValueError(f"case id must be kernel/name (e.g. packing/ffd-mixed-c2048), got "
+                         f"{case_id!r}")
     kernel, _, name = case_id.partition("/")
-    known = [c for size in ("all", "tiny") for c in get_cases([kernel], listing or device,
-                                                               size)]
+    where = listing or device
+    other = "cpu" if _device_type(where) == "cuda" else "cuda"
+
+    def listed(dev):
+        return [c for size in ("all", "tiny") for c in get_cases([kernel], dev, size)]
+
+    known = listed(where)
     for case in known:
         if case.name == name:
             return case
-    known = [c.id for c in known]
-    raise ValueError(f"unknown case {case_id!r} on {listing or device}; known: {known}")
+    known, theirs = [c.id for c in known], [c.id for c in listed(other)]
+    if case_id in theirs:  # e.g. a GPU-only case asked for on the CPU
+        raise ValueError(f"case {case_id!r} is a {other} case, not one of the {where} cases"
+                         + (" (its code runs on the CPU as a dry run with --gpu-case, "
+                            "listing='cuda')" if other == "cuda" else ""))
+    if not known:
+        raise ValueError(f"unknown case {case_id!r}: {kernel} has no {where} cases; its "
+                         f"{other} cases: {theirs}")
+    raise ValueError(f"unknown case {case_id!r} on {where}; known: {known}")
 
 
 def _load():

@@ -544,6 +544,24 @@ shapes, favouring large tiles (fewer K/V re-reads) and 8 warps where 4 spill.
 |---|---|---|---|---|"""
 
 
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return n
+
+
+def _head_dim(text: str) -> int:
+    """A head dim the attention API accepts (the kernels are compiled for no other)."""
+    from kernelsuite.attention.api import HEAD_DIM_MAX, HEAD_DIM_MIN
+
+    d = int(text)
+    if d % 8 or not HEAD_DIM_MIN <= d <= HEAD_DIM_MAX:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 8 in [{HEAD_DIM_MIN}, "
+                                         f"{HEAD_DIM_MAX}], got {text!r}")
+    return d
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="kernelsuite hopper-static", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -551,7 +569,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON row per binary "
                                                             "instead of writing the report")
     parser.add_argument("--dtype", nargs="*", default=list(DTYPES), choices=DTYPES)
-    parser.add_argument("--head-dim", nargs="*", type=int, default=list(HEAD_DIMS))
+    parser.add_argument("--head-dim", nargs="*", type=_head_dim, default=list(HEAD_DIMS))
     parser.add_argument("--no-features", action="store_true",
                         help="skip the varlen / softcap / GQA variants")
     parser.add_argument("--no-padding", action="store_true")
@@ -559,13 +577,23 @@ def main(argv=None) -> int:
     parser.add_argument("--candidates", action="store_true",
                         help="also compile the candidate grid the tiles were chosen from "
                              "(bf16 and fp32, about 35 minutes more on 2 cores)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--from-json", nargs="*", metavar="FILE",
+    parser.add_argument("--jobs", type=_count, default=os.cpu_count() or 1)
+    parser.add_argument("--from-json", nargs="+", metavar="FILE",
                         help="write the report from rows saved with --json (no compiling)")
     args = parser.parse_args(argv)
     if args.from_json:
-        rows = [json.loads(line) for f in args.from_json for line in open(f) if line.strip()]
-        print(write_report(rows, args.out))
+        rows = []
+        for f in args.from_json:
+            n = 0  # the line being read (0: decoding the file)
+            try:
+                for n, line in enumerate(Path(f).read_text().splitlines(), 1):
+                    rows += [json.loads(line)] if line.strip() else []
+            except ValueError as e:  # JSON or UTF-8 errors
+                raise ValueError(f"{f}, line {n}: not JSON rows ({e})") from None
+        try:
+            print(write_report(rows, args.out))
+        except (KeyError, AttributeError, TypeError) as e:  # rows of something else
+            raise ValueError(f"{args.from_json}: not rows written by --json ({e!r})") from None
         return 0
     problems = [] if args.no_attention else attention_problems(args.dtype, args.head_dim,
                                                                  not args.no_features)
@@ -574,6 +602,8 @@ def main(argv=None) -> int:
     if args.candidates:
         problems += candidate_problems([d for d in ("bf16", "fp32") if d in args.dtype],
                                        args.head_dim)
+    if not problems:
+        parser.error("nothing to compile: no --dtype, --head-dim, or every kind excluded")
     if not os.environ.get("TRITON_CACHE_DIR"):  # cold compiles, as on a fresh GPU machine
         cache = tempfile.TemporaryDirectory(prefix="kernelsuite-sm90-")
         os.environ["TRITON_CACHE_DIR"] = cache.name
@@ -586,5 +616,7 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # through the CLI, whose errors are one line
+    from kernelsuite.cli import main as cli_main
+
+    sys.exit(cli_main(["hopper-static", *sys.argv[1:]]))

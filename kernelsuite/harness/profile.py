@@ -11,6 +11,7 @@ Everything goes to OUT/<kernel>/<case>/ (OUT: profiles/ by default).
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .cases import find_case
+from .cases import check_device, find_case
+
+MAX_SECONDS = 86400.0  # py-spy's --duration; a day is more than any profile needs
 
 
 def loop(case_id: str, impl: str, device: str, seconds: float) -> int:
@@ -38,6 +41,13 @@ def loop(case_id: str, impl: str, device: str, seconds: float) -> int:
     return calls
 
 
+def check_seconds(seconds: float) -> float:
+    """Seconds of calls to sample: a number in (0, MAX_SECONDS]; ValueError otherwise."""
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SECONDS):
+        raise ValueError(f"seconds must be a number in (0, {MAX_SECONDS:g}], got {seconds!r}")
+    return seconds
+
+
 def default_impl(case) -> str:
     """The project's own implementation: the first one a case lists."""
     return next(iter(case.impls))
@@ -50,7 +60,8 @@ def profile(case_id: str, impl: str | None = None, device: str | None = None,
     listing: look the case up among this device type's cases (see cases.find_case)."""
     if tool not in ("auto", "py-spy", "torch"):
         raise ValueError(f"tool must be auto, py-spy or torch, got {tool!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_seconds(seconds)
+    device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     case = find_case(case_id, device, listing)
     impl = impl or default_impl(case)
     if impl not in case.impls:
@@ -69,21 +80,27 @@ def _py_spy(case, impl, device, folder, seconds, native, rate) -> list[Path]:
     compilation stay out of the samples; it records twice (one format each)."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
-        raise RuntimeError("py-spy is not installed: pip install py-spy (or '.[bench]')")
+        raise FileNotFoundError("py-spy is not installed: pip install py-spy (or "
+                                "'.[bench]')")
     child = subprocess.Popen([sys.executable, "-m", "kernelsuite.harness.profile", case.id,
                               impl, device, str(3 * seconds + 60)], stdout=subprocess.PIPE,
                              text=True)
     files = []
     try:
         if child.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the profiled process for {case.id} failed to start")
+            raise ChildProcessError(f"the profiled process for {case.id} failed to start "
+                                    "(its error is above)")
         for fmt, name in (("flamegraph", f"flame-{impl}.svg"),
                           ("speedscope", f"speedscope-{impl}.json")):
             path = folder / name
-            subprocess.run([spy, "record", "--pid", str(child.pid), "--duration",
-                            str(max(1, round(seconds))), "--rate", str(rate), "--format", fmt,
-                            "-o", str(path), *(["--native"] if native else [])],
-                           check=True, capture_output=True, text=True)
+            done = subprocess.run([spy, "record", "--pid", str(child.pid), "--duration",
+                                   str(max(1, round(seconds))), "--rate", str(rate),
+                                   "--format", fmt, "-o", str(path),
+                                   *(["--native"] if native else [])],
+                                  capture_output=True, text=True)
+            if done.returncode:  # e.g. not allowed to ptrace: say why, in one line
+                why = " ".join(done.stderr.split()) or f"exit status {done.returncode}"
+                raise ChildProcessError(f"py-spy record failed: {why}")
             files.append(path)
     finally:
         child.kill()

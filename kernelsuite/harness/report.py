@@ -41,62 +41,85 @@ def _kernel_of(cls: str) -> str:
 
 def read_asv(results_dir) -> pd.DataFrame:
     """Every value in asv result files of every machine: columns machine, commit, date,
-    kernel, benchmark, metric, case, impl, value, ci_low, ci_high."""
+    kernel, benchmark, metric, case, impl, value, ci_low, ci_high. A missing folder is a
+    FileNotFoundError, a file that is not asv's a ValueError naming it."""
+    if not Path(results_dir).is_dir():
+        raise FileNotFoundError(f"no asv results directory {str(results_dir)!r}")
     rows = []
     for path in sorted(Path(results_dir).glob("*/*.json")):
-        if path.name == "machine.json":
-            continue
-        data = json.loads(path.read_text())
-        if "result_columns" not in data:
-            continue
-        cols = data["result_columns"]
-        for name, values in data["results"].items():
-            entry = dict(zip(cols, values))
-            parts = name.split(".")
-            if len(parts) < 3 or not entry.get("params"):
-                continue
-            method = parts[-1]
-            metric = METRICS.get(method, "time_s" if method.startswith("time_") else method)
-            combos = pd.MultiIndex.from_product(
-                [[ast.literal_eval(p) for p in ps] for ps in entry["params"]])
-            ci_a = entry.get("stats_ci_99_a") or [None] * len(combos)
-            ci_b = entry.get("stats_ci_99_b") or [None] * len(combos)
-            for (case, impl, *_), value, lo, hi in zip(combos, entry["result"] or [], ci_a,
-                                                       ci_b):
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    continue
-                rows.append(dict(machine=data["params"]["machine"],
-                                 commit=data["commit_hash"], date=data["date"],
-                                 kernel=_kernel_of(parts[-2]), benchmark=name, metric=metric,
-                                 case=case, impl=impl, value=float(value), ci_low=lo,
-                                 ci_high=hi))
+        if path.name != "machine.json":
+            rows += _parsed(path, "an asv results file", _asv_rows)
     return pd.DataFrame(rows, columns=["machine", "commit", "date", "kernel", "benchmark",
                                        "metric", "case", "impl", "value", "ci_low", "ci_high"])
+
+
+def _parsed(path, what: str, rows_of) -> list[dict]:
+    """rows_of(data) for a JSON file; ValueError naming the file when it is not
+    valid JSON or not `what` (a missing key, a value of the wrong type)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:  # JSON or UTF-8 errors
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    try:
+        return rows_of(data)
+    except (KeyError, TypeError, ValueError, AttributeError, SyntaxError) as e:
+        raise ValueError(f"{path}: not {what} ({type(e).__name__}: {e})") from None
+
+
+def _asv_rows(data) -> list[dict]:
+    rows = []
+    if "result_columns" not in data:
+        return rows
+    cols = data["result_columns"]
+    for name, values in data["results"].items():
+        entry = dict(zip(cols, values))
+        parts = name.split(".")
+        if len(parts) < 3 or not entry.get("params"):
+            continue
+        method = parts[-1]
+        metric = METRICS.get(method, "time_s" if method.startswith("time_") else method)
+        combos = pd.MultiIndex.from_product(
+            [[ast.literal_eval(p) for p in ps] for ps in entry["params"]])
+        ci_a = entry.get("stats_ci_99_a") or [None] * len(combos)
+        ci_b = entry.get("stats_ci_99_b") or [None] * len(combos)
+        for (case, impl, *_), value, lo, hi in zip(combos, entry["result"] or [], ci_a, ci_b):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            rows.append(dict(machine=data["params"]["machine"], commit=data["commit_hash"],
+                             date=data["date"], kernel=_kernel_of(parts[-2]), benchmark=name,
+                             metric=metric, case=case, impl=impl, value=float(value),
+                             ci_low=lo, ci_high=hi))
+    return rows
 
 
 def read_pytest_benchmark(paths) -> pd.DataFrame:
     """pytest-benchmark JSON files as the same long table (machine named from the device
     the harness recorded, as asv's machine names are)."""
+    rows = []
+    for path in paths:
+        rows += _parsed(path, "a pytest-benchmark JSON file", _pytest_rows)
+    return pd.DataFrame(rows)
+
+
+def _pytest_rows(data) -> list[dict]:
     from .devices import sanitize
 
     rows = []
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        commit = (data.get("commit_info") or {}).get("id") or ""
-        date = pd.Timestamp(data.get("datetime", "1970-01-01")).value // 10**6
-        for b in data.get("benchmarks", []):
-            info = b.get("extra_info", {})
-            if "impl" not in info or not b.get("stats"):
-                continue
-            values = dict(time_s=b["stats"]["median"],
-                          **{k: info.get(k) for k in METRICS.values() if k != "time_s"})
-            for metric, value in values.items():
-                if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    rows.append(dict(machine=sanitize(info["device"]), commit=commit,
-                                     date=date, kernel=info["kernel"], benchmark=b["name"],
-                                     metric=metric, case=info["case"], impl=info["impl"],
-                                     value=float(value), ci_low=None, ci_high=None))
-    return pd.DataFrame(rows)
+    commit = (data.get("commit_info") or {}).get("id") or ""
+    date = pd.Timestamp(data.get("datetime", "1970-01-01")).value // 10**6
+    for b in data.get("benchmarks", []):
+        info = b.get("extra_info", {})
+        if "impl" not in info or not b.get("stats"):
+            continue
+        values = dict(time_s=b["stats"]["median"],
+                      **{k: info.get(k) for k in METRICS.values() if k != "time_s"})
+        for metric, value in values.items():
+            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+                rows.append(dict(machine=sanitize(info["device"]), commit=commit, date=date,
+                                 kernel=info["kernel"], benchmark=b["name"], metric=metric,
+                                 case=info["case"], impl=info["impl"], value=float(value),
+                                 ci_low=None, ci_high=None))
+    return rows
 
 
 def latest(long: pd.DataFrame) -> pd.DataFrame:
@@ -254,15 +277,35 @@ def regressions(long: pd.DataFrame, machine: str, base: str, head: str,
     """Benchmarks whose head result is worse than base by more than `factor` (time, memory
     and error going up; rates going down) and, where both have asv's 99% confidence
     intervals, whose intervals do not overlap (asv compare's rule). Commits may be
-    abbreviated."""
+    abbreviated. ValueError when there is nothing to compare: a commit that matches no
+    commit of the machine (or several), or no benchmark in common; see check_factor.
+    The result's attrs: compared (results in both), base_only, head_only (counts)."""
+    check_factor(factor)
+    mine = long[long.machine == machine]
+    if mine.empty:
+        raise ValueError(f"no asv results for machine {machine!r}; machines with results: "
+                         f"{sorted(set(long.machine))}")
+    commits = list(dict.fromkeys(mine.sort_values("date", ascending=False).commit))
+
     def pick(commit):
-        sel = long[(long.machine == machine) & long.commit.str.startswith(commit)]
-        if sel.empty:
-            raise ValueError(f"no results for commit {commit!r} on machine {machine!r}")
-        return sel.set_index(["benchmark", "case", "impl"])
+        matches = [c for c in commits if commit and c.startswith(commit)]
+        if len(matches) != 1:
+            shown = [c[:8] for c in commits[:10]] + (["..."] if len(commits) > 10 else [])
+            raise ValueError(f"commit {commit!r} matches {len(matches) or 'none'} of the "
+                             f"{len(commits)} commits with results on {machine!r} (newest "
+                             f"first): {shown}")
+        sel = mine[mine.commit == matches[0]].set_index(["benchmark", "case", "impl"])
+        if sel.index.duplicated().any():  # e.g. results of two asv environments
+            raise ValueError(f"commit {matches[0][:8]} has several results per benchmark on "
+                             f"{machine!r}: compare needs one")
+        return sel
 
     a, b = pick(base), pick(head)
     both = a.merge(b, left_index=True, right_index=True, suffixes=("_base", "_head"))
+    if both.empty:
+        raise ValueError(f"nothing to compare on {machine!r}: {base} ({len(a)} results, e.g. "
+                         f"{a.index[0][0]}) and {head} ({len(b)}, e.g. {b.index[0][0]}) have "
+                         "no benchmark, case and implementation in common")
     rows = []
     for key, r in both.iterrows():
         up = r.metric_base not in LARGER_IS_BETTER  # smaller is better
@@ -276,5 +319,16 @@ def regressions(long: pd.DataFrame, machine: str, base: str, head: str,
         if worse:
             rows.append(dict(benchmark=key[0], case=key[1], impl=key[2], metric=r.metric_base,
                              base=old, head=new, ratio=new / old if old else math.inf))
-    return pd.DataFrame(rows, columns=["benchmark", "case", "impl", "metric", "base", "head",
-                                       "ratio"])
+    out = pd.DataFrame(rows, columns=["benchmark", "case", "impl", "metric", "base", "head",
+                                      "ratio"])
+    out.attrs.update(compared=len(both), base_only=len(a) - len(both),
+                     head_only=len(b) - len(both))
+    return out
+
+
+def check_factor(factor: float) -> float:
+    """How much worse counts as a regression: a finite number > 1 (1.2: 20% slower, or 20%
+    less throughput). 1 or less would flag run-to-run noise, or improvements."""
+    if not (math.isfinite(factor) and factor > 1):
+        raise ValueError(f"factor must be a finite number > 1, got {factor!r}")
+    return factor

@@ -96,7 +96,14 @@ def show_progress(done: int, total: int, text: str, stream=None):
 
 
 def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
-    """Every (case, implementation) on device, plus speedups measured in the same run."""
+    """Every (case, implementation) on device, plus speedups measured in the same run.
+    impls: only these implementations; ValueError for a name no case has."""
+    if impls is not None:
+        known = {i for c in cases for i in c.impls}
+        unknown = [i for i in dict.fromkeys(impls) if i not in known]
+        if unknown:
+            raise ValueError(f"unknown implementation(s) {unknown} for these cases on "
+                             f"{device}; known: {sorted(known)}")
     jobs = [(c, i) for c in cases for i in c.impls if impls is None or i in impls]
     rows = []
     for n, (case, impl) in enumerate(jobs, 1):
