@@ -204,6 +204,10 @@ def test_state_dict_names_the_corpus(tmp_path, loader):
         ld.load_state_dict({k: v for k, v in state.items() if k != "corpus"})
     with pytest.raises(ValueError, match="not a list of shard fingerprints"):
         ld.load_state_dict(dict(state, corpus=[1, 2, 3]))
+    for tokens in (200.0, True):  # equal to 200 (or 1) but not a token count
+        corpus = [dict(state["corpus"][0], tokens=tokens)] + state["corpus"][1:]
+        with pytest.raises(ValueError, match="not a list of shard fingerprints"):
+            ld.load_state_dict(dict(state, corpus=corpus))
     moved = tmp_path / "moved"  # the same corpus in another directory resumes
     moved.mkdir()
     for p in paths:

@@ -87,7 +87,8 @@ def _device(device, pin_memory):
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as e:
-        raise ValueError(f"device {device!r} is not a torch device: {e}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"device {device!r} is not a torch device: {reason}") from None
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device={device!r} is not supported: batches go to 'cpu' or "
                          "'cuda[:N]'")
@@ -132,9 +133,9 @@ class LoaderBase:
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.device, self.pin_memory = _device(device, pin_memory)
-        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
+        if not _is_int(prefetch) or prefetch < 0:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
-        self.prefetch = prefetch
+        self.prefetch = int(prefetch)
         self.shards = [open_shard(p) for p in self.paths]
         dtypes = {s.dtype for s in self.shards}
         if len(dtypes) > 1:
@@ -214,7 +215,9 @@ class LoaderBase:
     def _check_corpus(self, saved):
         keys = ("tokens", "dtype", "hash")
         if not isinstance(saved, (list, tuple)) or not all(
-                isinstance(e, Mapping) and all(k in e for k in keys + ("name",)) for e in saved):
+                isinstance(e, Mapping) and "name" in e and _is_int(e.get("tokens"))
+                and isinstance(e.get("dtype"), str) and isinstance(e.get("hash"), str)
+                for e in saved):
             raise ValueError(f"state_dict['corpus'] is not a list of shard fingerprints "
                              f"(name, {', '.join(keys)}): {saved!r:.200}")
         if len(saved) != len(self.corpus):

@@ -149,12 +149,12 @@ SAMPLE_BYTES = 4096
 def shard_fingerprint(path) -> dict:
     """What tells a shard from another cheaply: its token dtype and count and a hash of its
     size, header and first and last SAMPLE_BYTES bytes of tokens (not a full read)."""
-    dtype, count = read_header(path)
     f, size = _open_regular(path)
     with f:
         head = f.read(HEADER_BYTES + SAMPLE_BYTES)
         f.seek(max(len(head), size - SAMPLE_BYTES))
         tail = f.read(SAMPLE_BYTES)
+    dtype, count = _check_header(path, head[:HEADER_BYTES], size)
     digest = hashlib.blake2b(size.to_bytes(8, "little") + head + tail, digest_size=16)
     return dict(tokens=int(count), dtype=dtype.name, hash=digest.hexdigest())
 
@@ -166,6 +166,10 @@ def read_header(path) -> tuple[np.dtype, int]:
     f, size = _open_regular(path)
     with f:
         head = f.read(HEADER_BYTES)
+    return _check_header(path, head, size)
+
+
+def _check_header(path, head: bytes, size: int) -> tuple[np.dtype, int]:
     if len(head) < HEADER_BYTES:
         raise ShardError(f"{path}: truncated: {size} bytes, shorter than the "
                          f"{HEADER_BYTES}-byte header")
