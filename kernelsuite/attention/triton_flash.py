@@ -181,6 +181,9 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     off = seqlen_k - seqlen_q  # bottom-right alignment: row i sits at key position i + off
     start, full_start, full_end, end = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off,
                                              win_left, win_right, seqlen_k, BLOCK_N)
+    # rows with no key in their window (one predicate per row, not four scalars, stays live)
+    blind = (tl.minimum(seqlen_k, rows + off + win_right + 1)
+             <= tl.maximum(rows + off - win_left, 0))
     # left edge of a sliding window, the unmasked middle, then the diagonal / right edge / tail
     acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, full_start,
                                rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
@@ -196,9 +199,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                                SOFTCAP, DOT_PREC)
     # A row that saw no key: output 0, lse -inf. One whose visible scores were all -inf (an
     # Inf in q or k): 0 / 0 = NaN, as IEEE and SDPA give.
-    pos = rows + off
-    sees = tl.minimum(seqlen_k, pos + win_right + 1) > tl.maximum(pos - win_left, 0)
-    empty = (l_i == 0.0) & ~sees
+    empty = (l_i == 0.0) & blind
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * _LN2)
