@@ -1,6 +1,18 @@
 #!/usr/bin/env bash
-# Set up a virtual environment and run the test suite (CPU; GPU tests skip without CUDA).
-# The README's test command, and what .ci/run runs. Extra arguments go to pytest.
+# Set up and run the test suite (CPU; GPU tests skip without CUDA) on each dependency set
+# CI proves, each in a virtual environment of its own:
+#   pinned  .venv         ci/constraints.txt         torch 2.13 / triton 3.6 / numpy 2.3, as
+#                                                    the GPU machine's image
+#   newest  .venv-newest  ci/constraints-newest.txt  what `pip install` resolves today
+#                                                    (torch 2.14.1, triton 3.8.0, numpy 2.4)
+#   triton  .venv-triton  ci/constraints-newest-triton.txt  the newest triton (3.9.0, what
+#                                                    CPU-only torch gets): Triton tests only
+# A set runs the default job, then the static job (tests/test_triton_static.py: every
+# Triton kernel compiled for sm_90; the newest set compiles a subset, to stay under 15
+# minutes). The README's test command, and what .ci/run runs.
+#   KERNELSUITE_DEPS=pinned|newest|triton   one set only (default: all, in that order)
+#   ci/test.sh ARGS                  pytest ARGS instead of the two jobs (pinned set unless
+#                                    KERNELSUITE_DEPS says otherwise)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the dashboard test opens the published asv dashboard in headless Chromium (Debian's)
@@ -8,14 +20,45 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
         >/dev/null 2>&1 || echo "ci/test.sh: could not install chromium" >&2
 fi
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c ci/constraints.txt -e ".[dev]"
-# two workers: the Triton interpreter is CPU-bound
-if [ $# -gt 0 ]; then
-    exec .venv/bin/python -m pytest -n 2 "$@"
+
+setup() {  # setup VENV CONSTRAINTS
+    python3 -m venv "$1"
+    "$1/bin/python" -m pip install -q --upgrade pip
+    "$1/bin/python" -m pip install -q -c "$2" -e ".[dev]"
+    "$1/bin/python" -c "import numpy, torch, triton; print('ci/test.sh: $1: torch', \
+torch.__version__, 'triton', triton.__version__, 'numpy', numpy.__version__)"
+}
+
+run_set() {  # run_set NAME VENV CONSTRAINTS SELECTION STATIC_SELECTION [pytest args]
+    local name=$1 venv=$2 constraints=$3 select=$4 static=$5
+    shift 5
+    local start=$SECONDS
+    setup "$venv" "$constraints"
+    if [ $# -gt 0 ]; then  # two workers: the Triton interpreter is CPU-bound
+        "$venv/bin/python" -m pytest -n 2 "$@"
+    else
+        "$venv/bin/python" -m pytest -n 2 -m "not static" -k "$select"
+        "$venv/bin/python" -m pytest -n 2 -m static -k "$static"
+    fi
+    echo "ci/test.sh: $name set passed in $((SECONDS - start)) s"
+}
+
+deps=${KERNELSUITE_DEPS:-all}
+case $deps in pinned|newest|triton|all) ;; *)
+    echo "ci/test.sh: KERNELSUITE_DEPS must be pinned, newest, triton or all, got '$deps'" >&2
+    exit 2;;
+esac
+# with pytest arguments and no KERNELSUITE_DEPS, only the pinned set
+[ $# -gt 0 ] && [ "$deps" = all ] && deps=pinned
+if [ "$deps" = all ] || [ "$deps" = pinned ]; then
+    run_set pinned .venv ci/constraints.txt "" "" "$@"
 fi
-.venv/bin/python -m pytest -n 2 -m "not static"
-# the static job: every Triton kernel and tile compiled for Hopper (sm_90) without a GPU,
-# checked for register spills and shared memory (tests/test_triton_static.py)
-exec .venv/bin/python -m pytest -n 2 -m static
+if [ "$deps" = all ] || [ "$deps" = newest ]; then
+    # static: bf16 (the training dtype) and fp32 at head_dim 128, and pad/unpad
+    run_set newest .venv-newest ci/constraints-newest.txt "" \
+        "bf16-128 or fp32-128 or pad_unpad" "$@"
+fi
+if [ "$deps" = all ] || [ "$deps" = triton ]; then
+    run_set triton .venv-triton ci/constraints-newest-triton.txt "triton or padding" \
+        "bf16-64 or pad_unpad" "$@"
+fi
