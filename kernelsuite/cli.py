@@ -132,11 +132,12 @@ def _check_writable(path) -> None:
     import os
 
     folder = Path(path).absolute().parent
-    if Path(path).is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise OSError(f"cannot write {str(path)!r}: "
-                      + ("a directory" if Path(path).is_dir() else
-                         f"no directory {str(folder)!r}" if not folder.is_dir() else
-                         f"{str(folder)!r} is not writable"))
+    why = ("a NUL character in the name" if "\0" in str(path) else
+           "a directory" if Path(path).is_dir() else
+           f"no directory {str(folder)!r}" if not folder.is_dir() else
+           f"{str(folder)!r} is not writable" if not os.access(folder, os.W_OK) else None)
+    if why:
+        raise OSError(f"cannot write {str(path)!r}: {why}")
 
 
 # what a command raises for bad input (values, files, a missing optional package); anything

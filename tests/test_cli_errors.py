@@ -60,6 +60,9 @@ def test_bench_names_unknown_implementations_and_empty_selections(capsys, no_run
     assert error(["bench", "packing", "--device", "cpu", "--csv", str(csv)], capsys) == (
         f"kernelsuite bench: error: cannot write {str(csv)!r}: no directory "
         f"{str(csv.parent)!r}")
+    for path, why in [(tmp_path, "a directory"), ("nul\0.md", "a NUL character in the name")]:
+        assert error(["bench", "packing", "--device", "cpu", "--markdown", str(path)],
+                     capsys) == f"kernelsuite bench: error: cannot write {str(path)!r}: {why}"
 
 
 @pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "1e9"])
@@ -92,8 +95,15 @@ def test_roofline_names_the_known_gpus(capsys, tmp_path):
                             "'-64'"),
     # an empty --from-json list compiled everything (12 minutes) instead
     (["--from-json"], "argument --from-json: expected at least one argument"),
-    (["--no-attention", "--no-padding"], "nothing to compile: no --dtype, --head-dim, or "
-                                         "every kind excluded"),
+    (["--no-attention", "--no-padding"], "nothing to compile: every kind is excluded "
+                                         "(--no-attention, --no-padding, and no --candidates "
+                                         "of a bf16 or fp32 --dtype)"),
+    (["--no-attention", "--no-padding", "--candidates", "--dtype", "fp16"],
+     "nothing to compile: every kind is excluded (--no-attention, --no-padding, and no "
+     "--candidates of a bf16 or fp32 --dtype)"),
+    # an empty list compiled no attention kernel, silently
+    (["--head-dim"], "argument --head-dim: expected at least one argument"),
+    (["--dtype"], "argument --dtype: expected at least one argument"),
     (["--bogus"], "unrecognized arguments: --bogus")])
 def test_hopper_static_options_are_checked(args, message, capsys, no_runs):
     # options first: the REMAINDER positional used to reject every one of them

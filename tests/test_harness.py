@@ -121,6 +121,12 @@ def test_find_case_says_why_a_case_cannot_run_here():
         find_case("packing/nope", "tpu")
 
 
+def test_a_kernel_named_twice_is_benchmarked_once():
+    # `bench packing packing` ran every case twice, then failed building the table
+    ids = [c.id for c in get_cases(["packing", "packing"], "cpu")]
+    assert ids == [c.id for c in get_cases(["packing"], "cpu")] and len(set(ids)) == len(ids)
+
+
 def test_run_cases_rejects_an_unknown_implementation():
     case = Case(kernel="toy", name="t", params={}, flops=0, bytes=1, make_inputs=lambda d: None,
                 impls={"torch": lambda x: None, "mine": lambda x: None})

@@ -202,14 +202,19 @@ def test_report_without_results_is_an_error(tmp_path, capsys):
 def test_a_corrupt_or_missing_results_file_is_named(results, tmp_path, capsys):
     root, base, head = results
     bad = tmp_path / "bad.json"
-    for text in ("{not json", "[1, 2]", '{"benchmarks": [{"extra_info": {"impl": 1}, '
-                                       '"stats": {"median": "slow"}}]}', "\udcff"):
+    for text, why in [("{not json", f"{bad}: not valid JSON"),
+                      ("[1, 2]", f"{bad}: not a pytest-benchmark JSON file"),
+                      ('{"benchmarks": [{"extra_info": {"impl": 1}, "stats": {"median": '
+                       '"slow"}}]}', f"{bad}: not a pytest-benchmark JSON file"),
+                      ("\udcff", f"cannot read {str(bad)!r}: 'utf-8' codec")]:
         bad.write_text(text, errors="surrogateescape")
         assert cli.main(["report", "--asv-results", str(root), "--pytest-json", str(bad),
                          "--out", str(tmp_path / "r")]) == 2
         err = capsys.readouterr().err
-        assert err.startswith(f"kernelsuite report: error: {bad}: not ") and \
+        assert err.startswith(f"kernelsuite report: error: {why}") and \
             err.count("\n") == 1, err
+    assert cli.main(["report", "--pytest-json", "nul\x00.json"]) == 2
+    assert "cannot read 'nul\\x00.json': embedded null byte" in capsys.readouterr().err
     assert cli.main(["report", "--pytest-json", str(tmp_path / "none.json")]) == 2
     assert "No such file or directory" in capsys.readouterr().err
     asv_file = next((root / "AMD-EPYC").glob("a*.json"))

@@ -80,7 +80,7 @@ def get_cases(kernels=None, device: str = "cpu", size: str = "quick") -> list[Ca
     _load()
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
-    names = list(kernels) if kernels else list(REGISTRY)
+    names = list(dict.fromkeys(kernels)) if kernels else list(REGISTRY)  # each once
     unknown = [k for k in names if k not in REGISTRY]
     if unknown:
         raise ValueError(f"unknown kernel(s) {unknown}; known: {sorted(REGISTRY)}")

@@ -568,8 +568,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="bench/report/hopper-static.md")
     parser.add_argument("--json", action="store_true", help="print one JSON row per binary "
                                                             "instead of writing the report")
-    parser.add_argument("--dtype", nargs="*", default=list(DTYPES), choices=DTYPES)
-    parser.add_argument("--head-dim", nargs="*", type=_head_dim, default=list(HEAD_DIMS))
+    parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--head-dim", nargs="+", type=_head_dim, default=list(HEAD_DIMS))
     parser.add_argument("--no-features", action="store_true",
                         help="skip the varlen / softcap / GQA variants")
     parser.add_argument("--no-padding", action="store_true")
@@ -603,7 +603,8 @@ def main(argv=None) -> int:
         problems += candidate_problems([d for d in ("bf16", "fp32") if d in args.dtype],
                                        args.head_dim)
     if not problems:
-        parser.error("nothing to compile: no --dtype, --head-dim, or every kind excluded")
+        parser.error("nothing to compile: every kind is excluded (--no-attention, "
+                     "--no-padding, and no --candidates of a bf16 or fp32 --dtype)")
     if not os.environ.get("TRITON_CACHE_DIR"):  # cold compiles, as on a fresh GPU machine
         cache = tempfile.TemporaryDirectory(prefix="kernelsuite-sm90-")
         os.environ["TRITON_CACHE_DIR"] = cache.name

@@ -57,8 +57,12 @@ def _parsed(path, what: str, rows_of) -> list[dict]:
     """rows_of(data) for a JSON file; ValueError naming the file when it is not
     valid JSON or not `what` (a missing key, a value of the wrong type)."""
     try:
-        data = json.loads(Path(path).read_text())
-    except ValueError as e:  # JSON or UTF-8 errors
+        text = Path(path).read_text()
+    except ValueError as e:  # not UTF-8, or a NUL in the name
+        raise ValueError(f"cannot read {str(path)!r}: {e}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     try:
         return rows_of(data)
