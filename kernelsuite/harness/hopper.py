@@ -231,6 +231,13 @@ def _tool(name: str) -> str:
         return env
     import triton
 
+    if name == "ptxas":  # the one triton itself runs for sm_90 (3.9: "ptxas-blackwell")
+        try:
+            from triton.backends.nvidia.compiler import get_ptxas
+
+            return get_ptxas(90).path
+        except (ImportError, AttributeError, RuntimeError):
+            pass
     bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / name
     found = str(bundled) if bundled.exists() else shutil.which(name)
     if not found:
@@ -251,6 +258,10 @@ SASS_OPS = {"hgmma": r"\bHGMMA\b", "hmma": r"\bHMMA\b", "tma": r"\b(UTMALDG|UTMA
             "ldg128": r"\bLDG\.E\.128\b", "stg128": r"\bSTG\.E\.128\b"}
 
 
+def _registers(ptxas_log: str) -> int:
+    return int(re.search(r"Used (\d+) registers", ptxas_log).group(1))
+
+
 def resources(compiled, ptxas_log: str = "") -> dict:
     """Registers, spills, stack, shared memory and instruction mix of one sm_90 binary.
     ptxas_log: what ptxas -v said when triton built it; without it (a cached binary) ptxas
@@ -260,15 +271,19 @@ def resources(compiled, ptxas_log: str = "") -> dict:
         cubin.write_bytes(compiled.asm["cubin"])
         usage = _run([_tool("cuobjdump"), "--dump-resource-usage", str(cubin)])
         sass = _run([_tool("cuobjdump"), "-sass", str(cubin)])
-        if "spill stores" not in ptxas_log:
+        field = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+        # without the log, ptxas again with triton's flags: none up to 3.8, and 3.9 adds
+        # --regAllocOptLevel=2 (for ptxas 13); the log must be of the binary triton built
+        for flags in ([], ["--regAllocOptLevel=2"]):
+            if "spill stores" in ptxas_log and _registers(ptxas_log) == field["REG"]:
+                break
             ptx.write_text(compiled.asm["ptx"])
-            ptxas_log = _run([_tool("ptxas"), "-v", "--gpu-name=sm_90a", str(ptx), "-o",
-                              str(Path(tmp) / "check.cubin")])
-    field = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", usage)}
+            ptxas_log = _run([_tool("ptxas"), "-v", *flags, "--gpu-name=sm_90a", str(ptx),
+                              "-o", str(Path(tmp) / "check.cubin")])
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", ptxas_log)
-    ptxas_regs = int(re.search(r"Used (\d+) registers", ptxas_log).group(1))
-    if ptxas_regs != field["REG"]:  # the log must be of the binary triton built
-        raise RuntimeError(f"ptxas -v says {ptxas_regs} registers, the cubin {field['REG']}")
+    if _registers(ptxas_log) != field["REG"]:
+        raise RuntimeError(f"ptxas -v says {_registers(ptxas_log)} registers, the cubin "
+                           f"{field['REG']}")
     ops = {k: len(re.findall(p, sass)) for k, p in SASS_OPS.items()}
     return dict(registers=field["REG"], spill_stores=int(spills.group(1)),
                 spill_loads=int(spills.group(2)), stack=field["STACK"], local=field["LOCAL"],
@@ -350,7 +365,7 @@ def candidate_tiles(kernel: str, dtype: str) -> list[tuple]:
         shapes = {"fwd": [(16, 32), (32, 32), (32, 64), (64, 32), (64, 64)],
                   "bwd-dkdv": [(16, 16), (16, 32), (32, 32), (16, 64), (32, 64)],
                   "bwd-dq": [(16, 16), (16, 32), (32, 32), (32, 64), (64, 32)]}[kernel]
-        extra = [] if kernel == "fwd" else [(16, 16, 8, 1), (16, 32, 8, 1)]
+        extra = ([] if kernel == "fwd" else [(16, 16, 8, 1)]) + [(16, 32, 8, 1)]
         return [(m, n, w, 2) for m, n in shapes for w in (4, 8)] + extra
     grid = {"fwd": ((64, 128), (32, 64, 128), (2, 3, 4)),
             "bwd-dkdv": ((16, 32, 64), (32, 64, 128), (2, 3)),
