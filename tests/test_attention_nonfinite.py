@@ -119,3 +119,27 @@ def test_non_finite_varlen(backend, where):
     want = {name: torch.cat(parts, dim=-1 if name == "lse" else 0)
             for name, parts in want.items()}
     _check_pattern(got, want, backend, True)
+
+
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_that_see_no_key_stay_zero_beside_a_nan(backend, where):
+    """seqlen_q > seqlen_k, causal: the first rows see no key and return 0 (lse -inf, zero
+    gradients) even when every key the other rows see holds a NaN (the reference used to
+    spread v's NaN to them through 0 * NaN)."""
+    device = DEVICES.get(backend, "cpu")
+    g = torch.Generator().manual_seed(2)
+    q, dout = (torch.randn(1, SEQ, HEADS, D, generator=g) for _ in range(2))
+    k, v = (torch.randn(1, 4, HEADS, D, generator=g) for _ in range(2))
+    x = dict(q=q, k=k, v=v)
+    x[where] = _poison(x[where], math.nan, (0, 0 if where != "q" else SEQ - 1, 0, 3))
+    q, k, v, dout = (t.to(device) for t in (x["q"], x["k"], x["v"], dout))
+    got = _run(lambda *a: flash_attn_func(*a, causal=True, return_lse=True,
+                                          backend=backend), q, k, v, dout)
+    want = row_oracle(q.cpu(), k.cpu(), v.cpu(), dout.cpu(), True, (-1, -1))
+    blind = SEQ - 4  # rows 0..4 see no key
+    assert torch.isneginf(want["lse"][..., :blind]).all() and (want["out"][:, :blind] == 0).all()
+    _check_pattern(got, want, backend, True)
+    if backend != "triton":  # whole tiles: see _check_pattern
+        assert (got["out"][:, :blind] == 0).all() and (got["dq"][:, :blind] == 0).all()
+        assert torch.isneginf(got["lse"][..., :blind]).all()
