@@ -9,6 +9,8 @@
 # (--out, default gpu-out/); --pack FILE also writes it as one tar.gz (the device tool
 # brings back at most 8 files). A time budget (GPU_BUDGET_S, default 450 s) bounds the
 # whole run: a step never runs past it, and steps it leaves out are listed as skipped.
+# Each area gets an equal share of what is left when it starts (time an area does not use
+# passes on), so a slow first area cannot leave the others nothing.
 #
 #   bash ci/gpu.sh [--dry-run] [--out DIR] [--pack FILE] [--steps tests,bench,profile,asv]
 #                  AREA...        (areas: attention data padding; default: all of them)
@@ -71,6 +73,7 @@ OUT_DIR=$(cd "$OUT_DIR" && pwd)
 SUMMARY=$OUT_DIR/summary.md
 START=$(date +%s)
 BUDGET=${GPU_BUDGET_S:-450}
+AREA_END=$((START + BUDGET))  # where the current area's share of the budget ends
 FAILED=0
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # asv, py-spy (ci/gpu_prepare.sh)
@@ -109,13 +112,13 @@ record() {  # record STEP STATUS SECONDS
 }
 
 # step NAME LIMIT_S CMD...: runs CMD (output to logs/NAME.log) within LIMIT_S and what is
-# left of the budget; records ok / failed (rc) / timed out / skipped (budget)
+# left of the area's share of the budget; records ok / failed (rc) / timed out / skipped
 step() {
     local name=$1 limit=$2 t0 rc left
     shift 2
-    left=$((BUDGET - ($(date +%s) - START)))
+    left=$((AREA_END - $(date +%s)))
     if [ $left -lt 10 ]; then
-        record "$name" "skipped (budget of ${BUDGET} s spent)" 0
+        record "$name" "skipped (budget of ${BUDGET} s spent; this area's share ended)" 0
         return
     fi
     [ "$limit" -gt "$left" ] && limit=$left
@@ -183,7 +186,11 @@ elif [ -d .gpu/repo.git ] && command -v git >/dev/null; then
         && commit=$(git rev-parse FETCH_HEAD)
 fi
 
+areas_left=${#AREAS[@]}
 for area in "${AREAS[@]}"; do
+    now=$(date +%s)
+    AREA_END=$((now + (START + BUDGET - now) / areas_left))
+    areas_left=$((areas_left - 1))
     dir=$OUT_DIR/$area
     mkdir -p "$dir"
     if wants tests; then

@@ -32,9 +32,10 @@ def _env(tmp_path):
 def dry_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpu")
     out, pack = tmp / "out", tmp / "back" / "gpu-run.tgz"
+    # a budget that a slow CI machine cannot spend: this checks the steps, not their time
     proc = subprocess.run(["bash", "ci/gpu.sh", "--dry-run", "--out", str(out), "--pack",
-                           str(pack), *AREAS], cwd=ROOT, env=_env(tmp), capture_output=True,
-                          text=True, timeout=900)
+                           str(pack), *AREAS], cwd=ROOT, env=dict(_env(tmp), GPU_BUDGET_S="600"),
+                          capture_output=True, text=True, timeout=900)
     return proc, out, pack
 
 
@@ -119,6 +120,25 @@ def test_budget_skips_what_it_cannot_fit(tmp_path):
     steps = _summary(tmp_path / "o")
     assert steps and all(s.startswith("skipped") for s in steps.values()), steps
     assert "padding-bench" in steps and proc.returncode == 0
+
+
+def test_a_slow_area_leaves_the_next_its_share_of_the_budget(tmp_path):
+    """Each area gets an equal share of what is left when it starts: an area whose step hangs
+    is stopped at its share, and the next area still runs (it used to find the budget
+    spent). The hang: a python that sleeps when asked to collect the attention tests."""
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\ncase "$*" in *test_attention.py*) exec sleep 600;; esac\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    env = dict(_env(tmp_path), PYTHON=str(fake), GPU_BUDGET_S="60")
+    proc = subprocess.run(["bash", "ci/gpu.sh", "--dry-run", "--steps", "tests", "--out",
+                           str(tmp_path / "o"), "attention", "padding"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    steps = _summary(tmp_path / "o")
+    assert steps["attention-tests-collect"].startswith("timed out after "), steps
+    limit = int(steps["attention-tests-collect"].split()[3])
+    assert 20 <= limit <= 30, steps  # half of the 60 s, less the preflight
+    assert steps["padding-tests-collect"] == "ok" and proc.returncode == 1, steps
 
 
 @pytest.mark.slow
