@@ -1,8 +1,10 @@
 """The benchmark harness counts work right, times honestly and reports what it measured."""
 
 import time
+from pathlib import Path
 
 import numpy as np
+
 import pytest
 import torch
 
@@ -270,6 +272,10 @@ def test_roofline_floors_of_every_gpu_case():
     assert "## attention" in render(df, "H200")
     with pytest.raises(ValueError, match="gpu must be one of"):
         table("A100")
+    # the committed table is the registry's as it is now (regenerate: kernelsuite roofline)
+    committed = Path(__file__).resolve().parents[1] / "bench" / "report" / "roofline-H200.md"
+    assert committed.read_text().strip() == render(df, "H200").strip(), \
+        "bench/report/roofline-H200.md is stale: run `kernelsuite roofline --gpu H200`"
 
 
 def test_cpu_rows_carry_the_floor_beside_the_time():
