@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run the test suite (CPU; GPU tests skip without CUDA) on each dependency set
 # CI proves, each in a virtual environment of its own:
-#   pinned  .venv         ci/constraints.txt         torch 2.13 / triton 3.6 / numpy 2.3, as
-#                                                    the GPU machine's image
+#   pinned  .venv         ci/constraints.txt         torch 2.13 / triton 3.6 / numpy 2.3
+#                                                    (the GPU image's triton; its torch is 2.11)
 #   newest  .venv-newest  ci/constraints-newest.txt  what `pip install` resolves today
 #                                                    (torch 2.14.1, triton 3.8.0, numpy 2.4)
 #   triton  .venv-triton  ci/constraints-newest-triton.txt  the newest triton (3.9.0, what
