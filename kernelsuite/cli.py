@@ -133,7 +133,7 @@ def _check_writable(path) -> None:
 
     folder = Path(path).absolute().parent
     why = ("a NUL character in the name" if "\0" in str(path) else
-           "a directory" if Path(path).is_dir() else
+           "a directory" if Path(path).is_dir() or str(path).endswith(("/", os.sep)) else
            f"no directory {str(folder)!r}" if not folder.is_dir() else
            f"{str(folder)!r} is not writable" if not os.access(folder, os.W_OK) else None)
     if why:
