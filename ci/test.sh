@@ -43,6 +43,7 @@ run_set() {  # run_set NAME VENV CONSTRAINTS SELECTION STATIC_SELECTION [pytest 
     echo "ci/test.sh: $name set passed in $((SECONDS - start)) s"
 }
 
+export HYPOTHESIS_PROFILE=${HYPOTHESIS_PROFILE:-ci}  # the same fuzz examples every run
 deps=${KERNELSUITE_DEPS:-all}
 case $deps in pinned|newest|triton|all) ;; *)
     echo "ci/test.sh: KERNELSUITE_DEPS must be pinned, newest, triton or all, got '$deps'" >&2

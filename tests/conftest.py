@@ -14,8 +14,15 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+# The fuzz modules draw fresh examples on every local run (that is how they find bugs); CI
+# (ci/test.sh sets HYPOTHESIS_PROFILE=ci) draws the same ones every time, so a red CI run
+# is always about the commit it ran on. A failure prints the example to add as @example.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(config, items):
