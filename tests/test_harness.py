@@ -137,11 +137,14 @@ def test_run_cases_rejects_an_unknown_implementation():
         run_cases([case], "cpu", impls=["mine", "nosuch"], progress=False)
 
 
-def test_cli_bench_prints_a_table(capsys, tmp_path):
+def test_cli_bench_prints_a_table(capsys, tmp_path, monkeypatch):
+    # the note's two cold Numba processes are test_numba_compile_is_cached_across_processes'
+    monkeypatch.setattr(ac, "numba_first_call_seconds", lambda: (12.5, 0.25))
     csv = tmp_path / "rows.csv"
     assert cli.main(["bench", "attention", "--impl", "sdpa_flash", "--csv", str(csv)]) == 0
     out = capsys.readouterr().out
     assert "device:" in out and "sdpa_flash" in out and "fwd_bwd" in out
+    assert "Numba first call (forward + backward, float32) in a new process: 12.5 s" in out
     assert csv.read_text().count("\n") == len(get_cases(["attention"], "cpu")) + 1
 
 
