@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernelsuite import cli
+from kernelsuite.attention.api import HEAD_DIM_MAX, HEAD_DIM_MIN
 from kernelsuite.harness import attention_cases, cases, devices, hopper, profile, report, run
 from kernelsuite.harness.report import LARGER_IS_BETTER, read_asv, regressions
 from test_report import pytest_benchmark_json, timings, write_asv
@@ -180,7 +181,7 @@ INVALID = {
     "bench": {"--device": _bad_device},
     "hopper-static": {"--jobs": lambda v: _bad_int(v, lambda n: n >= 1),
                       "--head-dim": lambda v: _bad_int(v, lambda d: d % 8 == 0 and
-                                                       16 <= d <= 256)},
+                                                       HEAD_DIM_MIN <= d <= HEAD_DIM_MAX)},
 }
 ERROR = re.compile(r"kernelsuite( [\w-]+)?: error: \S")
 
