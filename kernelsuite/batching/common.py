@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .._checks import positive_int
+
 ALGORITHMS = ("ffd", "bfd", "greedy")
 # The most tokens a capacity, a length or the sum of the lengths may hold: below 2^62, the
 # kernels' int64 running totals (a sum plus a capacity, twice a budget) cannot overflow.
@@ -64,11 +66,7 @@ class Packing:
 
 
 def check_capacity(capacity, name="capacity") -> int:
-    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, (int, np.integer)) \
-            or not 1 <= capacity <= MAX_TOKENS:
-        raise ValueError(f"{name} must be a positive int (at most 2**62 - 1), got "
-                         f"{capacity!r}")
-    return int(capacity)
+    return positive_int(capacity, name, MAX_TOKENS, "2**62 - 1")
 
 
 def check_algorithm(algorithm) -> str:

@@ -4,10 +4,10 @@ choice, and the Triton kernel (triton_padding.py) or the PyTorch reference."""
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
+from .._checks import resolve_backend
 from . import reference
 from .common import check_indices, unpad_layout
 
@@ -19,15 +19,10 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, to
 
 
 def _resolve(backend, tensor):
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"hidden_states must be a tensor, got {type(tensor).__name__}")
-    if backend == "auto":
-        return "triton" if tensor.is_cuda and tensor.dtype in TRITON_DTYPES else "torch"
-    if backend == "triton" and not tensor.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set "
-                         "before triton is imported)")
+    backend = resolve_backend(backend, tensor, BACKENDS, lambda t: "triton" if t.is_cuda and
+                              t.dtype in TRITON_DTYPES else "torch")
     if backend == "triton" and tensor.dtype not in TRITON_DTYPES:
         raise TypeError(f"backend='triton' does not take hidden_states of {tensor.dtype}; "
                         "use backend='torch'")

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 from numba import njit
 
-from ..data.common import SEED_RANGE, _epoch, _is_int, resolve_rank
+from .._checks import check_epoch, check_seed
+from ..data.common import resolve_rank
 from .common import check_capacity, check_lengths
 
 
@@ -59,22 +60,18 @@ class LengthBucketBatchSampler(torch.utils.data.Sampler):
                                else check_capacity(max_batch_size, "max_batch_size"))
         self.bucket_size = (max(1, self.lengths.size) if bucket_size is None
                             else check_capacity(bucket_size, "bucket_size"))
-        if not _is_int(seed):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        if not -SEED_RANGE <= seed < SEED_RANGE:
-            raise ValueError(f"seed must be an int in [-2**63, 2**63), got {seed!r}")
-        self.shuffle, self.seed = bool(shuffle), int(seed)
+        self.shuffle, self.seed = bool(shuffle), check_seed(seed)
         self.drop_last, self.padded = bool(drop_last), bool(padded)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.epoch = 0
         self._cache = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = _epoch(epoch)
+        self.epoch = check_epoch(epoch)
 
     def batches(self, epoch=None) -> list[np.ndarray]:
         """Every rank's batches of an epoch (default: the current one), in order."""
-        epoch = self.epoch if epoch is None else _epoch(epoch)
+        epoch = self.epoch if epoch is None else check_epoch(epoch)
         n = self.lengths.size
         gen = torch.Generator().manual_seed(self.seed + epoch)
         order = torch.randperm(n, generator=gen).numpy() if self.shuffle else np.arange(n)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .._checks import SEED_RANGE, check_epoch, check_seed, is_int, positive_int
 from .shards import SAMPLE_BYTES, open_shard, shard_fingerprint
 
 
@@ -24,26 +25,6 @@ class DocBatch(NamedTuple):
     position_ids: torch.Tensor
     cu_seqlens: torch.Tensor
     max_seqlen: int
-
-
-def _is_int(value) -> bool:
-    """An int or numpy integer, and not a bool (True is not 1 here)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _positive_int(value, name):
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
-
-SEED_RANGE = 2**63  # torch.Generator.manual_seed takes [-2^63, 2^64): seed + epoch fits
-
-
-def _epoch(value, name="epoch"):
-    if not _is_int(value) or not 0 <= value < SEED_RANGE:
-        raise ValueError(f"{name} must be an int in [0, 2**63), got {value!r}")
-    return int(value)
 
 
 def _shard_paths(paths) -> list:
@@ -76,7 +57,7 @@ def resolve_rank(rank, world_size) -> tuple[int, int]:
             raise ValueError("world_size is given but rank is not (and torch.distributed is "
                              "not initialised): give both")
         rank = dist.get_rank() if live else 0
-    world_size = _positive_int(world_size, "world_size")
+    world_size = positive_int(world_size, "world_size")
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
             or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
@@ -110,7 +91,7 @@ def _same(saved, ours) -> bool:
     """A saved setting equals ours with the same kind of value (4.0 is not 4, 1 not True)."""
     if ours is None or isinstance(ours, bool):
         return saved is ours or (isinstance(saved, np.bool_) and saved == ours)
-    return _is_int(saved) and saved == ours
+    return is_int(saved) and saved == ours
 
 
 class LoaderBase:
@@ -122,18 +103,15 @@ class LoaderBase:
     def __init__(self, paths, batch_size, seq_len, *, seed=0, shuffle=True, rank=None,
                  world_size=None, device="cpu", pin_memory=None, prefetch=2, eos_id=None):
         self.paths = _shard_paths(paths)
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.seq_len = _positive_int(seq_len, "seq_len")
-        if not _is_int(seed):
-            raise TypeError(f"seed must be an int, got {seed!r}")
-        if not -SEED_RANGE <= seed < SEED_RANGE:
-            raise ValueError(f"seed must be an int in [-2**63, 2**63), got {seed!r}")
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.seq_len = positive_int(seq_len, "seq_len")
+        seed = check_seed(seed)
         if not isinstance(shuffle, (bool, np.bool_)):
             raise TypeError(f"shuffle must be a bool, got {shuffle!r}")
         self.seed, self.shuffle = int(seed), bool(shuffle)
         self.rank, self.world_size = resolve_rank(rank, world_size)
         self.device, self.pin_memory = _device(device, pin_memory)
-        if not _is_int(prefetch) or prefetch < 0:
+        if not is_int(prefetch) or prefetch < 0:
             raise ValueError(f"prefetch must be an int >= 0, got {prefetch!r}")
         self.prefetch = int(prefetch)
         self.shards = [open_shard(p) for p in self.paths]
@@ -144,7 +122,7 @@ class LoaderBase:
         self.token_dtype = self.shards[0].dtype
         if eos_id is not None:
             top = np.iinfo(self.token_dtype).max
-            if not _is_int(eos_id) or not 0 <= eos_id <= top:
+            if not is_int(eos_id) or not 0 <= eos_id <= top:
                 raise ValueError(f"eos_id must be None or an int in [0, {top}] "
                                  f"({self.token_dtype.name} tokens), got {eos_id!r}")
             eos_id = int(eos_id)
@@ -168,7 +146,7 @@ class LoaderBase:
         return self.num_windows // self.world_size // self.batch_size
 
     def set_epoch(self, epoch: int) -> None:
-        epoch = _epoch(epoch)
+        epoch = check_epoch(epoch)
         if epoch != self.epoch:
             self._jump(epoch, 0)
 
@@ -206,7 +184,7 @@ class LoaderBase:
                                  f"{getattr(self, key)!r}: it was saved over other shards or "
                                  "settings")
         epoch, batch = state["epoch"], state["batch"]
-        if not (_is_int(epoch) and 0 <= epoch < SEED_RANGE and _is_int(batch)
+        if not (is_int(epoch) and 0 <= epoch < SEED_RANGE and is_int(batch)
                 and 0 <= batch <= len(self)):
             raise ValueError(f"state_dict epoch/batch ({epoch!r}, {batch!r}) out of range "
                              f"(epoch must be an int in [0, 2**63), batch in [0, {len(self)}])")
@@ -215,7 +193,7 @@ class LoaderBase:
     def _check_corpus(self, saved):
         keys = ("tokens", "dtype", "hash")
         if not isinstance(saved, (list, tuple)) or not all(
-                isinstance(e, Mapping) and "name" in e and _is_int(e.get("tokens"))
+                isinstance(e, Mapping) and "name" in e and is_int(e.get("tokens"))
                 and isinstance(e.get("dtype"), str) and isinstance(e.get("hash"), str)
                 for e in saved):
             raise ValueError(f"state_dict['corpus'] is not a list of shard fingerprints "

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
-from .common import DocBatch, LoaderBase, _is_int
+from .._checks import is_int
+from .common import DocBatch, LoaderBase
 from .shards import HEADER_BYTES, short_read
 
 
@@ -88,7 +89,7 @@ class ReferenceTokenLoader(LoaderBase):
         super().__init__(paths, batch_size, seq_len, seed=seed, shuffle=shuffle, rank=rank,
                          world_size=world_size, device=device, pin_memory=pin_memory,
                          prefetch=prefetch, eos_id=eos_id)
-        if not _is_int(num_workers) or num_workers < 0:
+        if not is_int(num_workers) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.dataset = TokenWindows(self.shards, self.seq_len)
         self.num_workers = int(num_workers)
