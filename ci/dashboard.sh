@@ -6,5 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 "$PY" -m asv publish
-"$PY" -m kernelsuite.harness.dashboard .asv/html
+"$PY" ci/dashboard.py .asv/html
 echo "dashboard in .asv/html: view with '$PY -m http.server -d .asv/html 8080' and open http://localhost:8080"

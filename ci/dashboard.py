@@ -6,7 +6,7 @@ asv's "external dependencies failed to load" error instead of graphs. `vendor(ht
 fetches the same libraries from the npm registry (checking each tarball against the
 registry's sha512), copies them under html_dir/vendor/ and points the pages at them.
 
-    python -m kernelsuite.harness.dashboard [HTML_DIR]   # after `asv publish`
+    python ci/dashboard.py [HTML_DIR]   # after `asv publish` (ci/dashboard.sh runs both)
 """
 
 from __future__ import annotations
