@@ -1,9 +1,10 @@
 """pytest-benchmark over the harness registry: `pytest bench/ --benchmark-only [--bench-all]`.
 
-Each test is one (case, implementation); groups are cases (kernel/shape), so each group
-compares implementations side by side. Speedups against the case's reference and its
-fastest alternative (vs_reference, vs_best_alt) are computed from the medians of the same
-session and written into each benchmark's extra_info in the saved JSON, and printed.
+Each test is one (case, implementation) of any area (test_bench.py); groups are cases
+(kernel/shape), so each group compares implementations side by side. Speedups against
+the case's reference and its fastest alternative (vs_reference, vs_best_alt) are
+computed from the medians of the same session and written into each benchmark's
+extra_info in the saved JSON, and printed.
 """
 
 import pytest
@@ -22,10 +23,9 @@ def pytest_generate_tests(metafunc):
         return
     from kernelsuite.harness.cases import get_cases
 
-    kernel = metafunc.module.KERNEL
-    cases = get_cases([kernel], DEVICE, "all" if metafunc.config.getoption("--bench-all") else "quick")
-    pairs = [(c, impl) for c in cases for impl in c.impls]
-    metafunc.parametrize("case_impl", pairs, ids=[f"{c.name}-{impl}" for c, impl in pairs])
+    size = "all" if metafunc.config.getoption("--bench-all") else "quick"
+    pairs = [(c, impl) for c in get_cases(None, DEVICE, size) for impl in c.impls]
+    metafunc.parametrize("case_impl", pairs, ids=[f"{c.id}-{impl}" for c, impl in pairs])
 
 
 @pytest.fixture
@@ -34,15 +34,15 @@ def device():
 
 
 def _speedups(rows):
-    """rows: dicts with group, impl, reference, median (s). Adds vs_reference and
-    vs_best_alt (harness.run.add_speedups), in the same order."""
+    """rows: dicts with group, impl, role, median (s). Adds vs_reference and vs_best_alt
+    (harness.measure.speedups), in the same order."""
     import pandas as pd
 
-    from kernelsuite.harness.run import add_speedups
+    from kernelsuite.harness.measure import speedups
 
     df = pd.DataFrame(rows).rename(columns={"group": "case"})
     df["median_ms"] = df.pop("median") * 1e3
-    return add_speedups(df)
+    return speedups(df)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
@@ -51,7 +51,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
     if not done:
         return
     df = _speedups([dict(group=b["group"], impl=b["extra_info"]["impl"],
-                         reference=b["extra_info"]["reference"], median=b["stats"]["median"])
+                         role=b["extra_info"]["role"], median=b["stats"]["median"])
                     for b in done])
     for b, vs_ref, vs_alt in zip(done, df.vs_reference, df.vs_best_alt):
         b["extra_info"]["vs_reference"] = None if vs_ref != vs_ref else float(vs_ref)
@@ -60,7 +60,7 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
 
 def pytest_terminal_summary(terminalreporter, config):
     session = getattr(config, "_benchmarksession", None)
-    rows = [dict(group=b.group, impl=b.extra_info["impl"], reference=b.extra_info["reference"],
+    rows = [dict(group=b.group, impl=b.extra_info["impl"], role=b.extra_info["role"],
                  median=b.stats.median)
             for b in getattr(session, "benchmarks", []) if b.stats and "impl" in b.extra_info]
     if rows:

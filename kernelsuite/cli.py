@@ -19,6 +19,9 @@ def _bench(args) -> int:
     from .harness.cases import get_cases, get_notes
     from .harness.run import format_table, run_cases
 
+    if args.list:
+        print(case_list(args.kernels, args.device, args.tiny, args.all))
+        return 0
     device = args.device or ("cuda" if cuda else "cpu")
     if args.tiny:  # the GPU's cases (implementations, kernels) at toy shapes, on device
         cases = get_cases(args.kernels, "cuda", "tiny")
@@ -39,6 +42,25 @@ def _bench(args) -> int:
     if args.csv:
         df.to_csv(args.csv, index=False)
     return 0
+
+
+def case_list(kernels, device=None, tiny=False, full=False) -> str:
+    """`kernelsuite bench --list`: each area with what it measures, then every case and
+    its implementations (with their roles) on each device type it runs on (or on
+    `device`'s), at the size chosen; the ids that `profile` and `pytest -k` take."""
+    from .harness.cases import areas, get_cases
+
+    size = "tiny" if tiny else "all" if full else "quick"
+    kinds = [device] if device else ["cpu", "cuda"]
+    lines = []
+    for name in kernels or list(areas()):
+        area = areas().get(name)
+        lines += [f"{name}: {area.summary}" if area else name]
+        for kind in kinds:
+            for case in get_cases([name], kind, size):
+                impls = ", ".join(f"{i} ({case.role(i)})" for i in case.impls)
+                lines.append(f"  {kind:4} {case.id}: {impls}")
+    return "\n".join(lines)
 
 
 def _roofline(args) -> int:
@@ -104,6 +126,12 @@ def _profile(args) -> int:
     for path in files:
         print(path)
     return 0
+
+
+def _area_names() -> list[str]:
+    from .harness.cases import area_names
+
+    return area_names()
 
 
 def _cuda() -> bool:
@@ -200,7 +228,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time every implementation of the registered cases "
                                          "on this machine and print a table")
-    bench.add_argument("kernels", nargs="*", help="kernel areas (default: all), e.g. attention")
+    bench.add_argument("kernels", nargs="*", help="kernel areas (default: all): "
+                       + ", ".join(_area_names()))
     size = bench.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="the quick subset (the default)")
     size.add_argument("--all", action="store_true", help="the full sweep")
@@ -213,6 +242,9 @@ def main(argv=None) -> int:
     bench.add_argument("--impl", action="append", help="only this implementation (repeatable)")
     bench.add_argument("--markdown", help="also write the table to this file")
     bench.add_argument("--csv", help="also write every measured row to this CSV file")
+    bench.add_argument("--list", action="store_true",
+                       help="list the areas, cases and implementations (with --all/--tiny "
+                            "and --device: that selection) instead of running them")
     bench.set_defaults(func=_bench)
     report = sub.add_parser("report", help="tables (Markdown, CSV) and plots per kernel from "
                                            "the asv results of every machine and "

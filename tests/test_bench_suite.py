@@ -23,8 +23,8 @@ def _pytest_bench(tmp_path, *args):
     # pytest-benchmark disable itself
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "bench/test_bench_packing.py", "-q", "-p",
-         "no:cacheprovider", "--benchmark-only", "-k", CASE,
+        [sys.executable, "-m", "pytest", "bench/test_bench.py", "-q", "-p",
+         "no:cacheprovider", "--benchmark-only", "-k", f"packing/{CASE}",
          f"--benchmark-storage=file://{tmp_path}", *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -42,6 +42,8 @@ def test_pytest_benchmark_saves_metrics_and_compares_runs(tmp_path):
         info = b["extra_info"]
         assert b["group"] == f"packing/{CASE}" and info["reference"] == "python"
         assert info["max_error"] == 0 and info["peak_mem_bytes"] > 0 and info["threads"] >= 1
+        assert info["role"] == ("reference" if info["impl"] == "python" else "ours")
+        assert info["bins"] >= info["min_bins"] > 0 and 0 < info["efficiency"] <= 1
         # the speedup is the reference's median over this one's, from the same run
         ref = next(x for x in benchmarks if x["extra_info"]["impl"] == "python")
         assert info["vs_reference"] == pytest.approx(ref["stats"]["median"] /
@@ -99,10 +101,10 @@ def test_profile_of_a_gpu_case_on_the_cpu_without_allocations(tmp_path, monkeypa
     allocates nothing torch tracks (the Numba loader's batches come from numpy) gets a note
     instead of a memory timeline, not a crash."""
     from kernelsuite import cli
-    from kernelsuite.harness import data_cases
+    from kernelsuite.harness.cases import data
 
     monkeypatch.setenv("KERNELSUITE_BENCH_DATA", str(tmp_path / "corpus"))
-    data_cases._corpus.cache_clear()
+    data._corpus.cache_clear()
     case = "data/tokens-b4-s128"
     assert cli.main(["profile", case, "--tool", "torch", "--device", "cpu", "--gpu-case",
                      "--out", str(tmp_path)]) == 0

@@ -18,6 +18,7 @@ import contextlib
 import io
 import math
 import re
+import types
 
 import pandas as pd
 import pytest
@@ -26,7 +27,8 @@ from hypothesis import strategies as st
 
 from kernelsuite import cli
 from kernelsuite.attention.api import HEAD_DIM_MAX, HEAD_DIM_MIN
-from kernelsuite.harness import attention_cases, cases, devices, hopper, profile, report, run
+from kernelsuite.harness import cases, devices, hopper, measure, profile, report, run
+from kernelsuite.harness.cases import attention as attention_cases
 from kernelsuite.harness.report import LARGER_IS_BETTER, read_asv, regressions
 from test_report import pytest_benchmark_json, timings, write_asv
 
@@ -38,11 +40,12 @@ class Compiled(Exception):
 
 
 def fake_measure(case, impl, device):
-    """A row as run.measure returns it, without running the case."""
-    return dict(kernel=case.kernel, case=case.name, impl=impl, reference=case.reference,
-                device=devices.device_name(device), **case.params, median_ms=1.0,
-                q20_ms=0.9, q80_ms=1.1, runs=3, threads=1, **run.rates(case, 1e-3, device),
-                peak_mem_mb=1.0, max_error=0.0)
+    """What measure.measure returns (its row), without running the case."""
+    row = dict(kernel=case.kernel, case=case.name, impl=impl, role=case.role(impl),
+               reference=case.reference, device=devices.device_name(device), **case.params,
+               median_ms=1.0, q20_ms=0.9, q80_ms=1.1, runs=3, threads=1,
+               **measure.rates(case, 1e-3, device), peak_mem_mb=1.0, max_error=0.0)
+    return types.SimpleNamespace(row=lambda: row)
 
 
 def fake_sweep(problems, jobs=1, on_rows=None):
@@ -103,7 +106,7 @@ GRAMMAR = {
         "--device": ["cpu", "cpu:0", "cuda"], "--impl": ["torch", "numba", "sdpa_flash",
                                                          "triton", "nanogpt_get_batch"],
         "--tiny": FLAG, "--all": FLAG, "--quick": FLAG, "--markdown": ["out.md", "dir/t.md"],
-        "--csv": ["out.csv"]}),
+        "--csv": ["out.csv"], "--list": FLAG}),
     "report": ([], {"--asv-results": ["asv"], "--pytest-json": ["pb.json"],
                     "--out": ["rep", "dir"]}),
     "compare": ([BASE, HEAD, OTHER, BASE[:7], HEAD[:4]], {

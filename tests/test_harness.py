@@ -10,10 +10,11 @@ import torch
 
 from kernelsuite import cli
 from kernelsuite.attention import reference
-from kernelsuite.harness import attention_cases as ac
-from kernelsuite.harness.cases import (REGISTRY, Case, find_case, get_cases,
-                                       implementation_names)
-from kernelsuite.harness.run import check_error, format_table, run_cases
+from kernelsuite.harness.cases import areas, find_case, get_cases, implementation_names
+from kernelsuite.harness.cases import attention as ac
+from kernelsuite.harness.measure import check_error
+from kernelsuite.harness.registry import ALTERNATIVE, OURS, REFERENCE, Case
+from kernelsuite.harness.run import format_table, run_cases
 from kernelsuite.harness.timing import time_cpu
 
 
@@ -44,7 +45,8 @@ def test_run_cases_reports_speedups_from_the_same_run():
 
     case = Case(kernel="toy", name="sleep", params={"n": 1}, flops=1e9, bytes=1e6,
                 make_inputs=lambda device: None,
-                impls={"torch": sleeper(0.02), "sdpa_a": sleeper(0.01), "mine": sleeper(0.005)})
+                impls={"torch": sleeper(0.02), "sdpa_a": sleeper(0.01), "mine": sleeper(0.005)},
+                roles={"torch": REFERENCE, "sdpa_a": ALTERNATIVE, "mine": OURS})
     df = run_cases([case], "cpu", progress=False).set_index("impl")
     assert set(df.index) == {"torch", "sdpa_a", "mine"}
     # ratios are computed from the measured medians, not assumed
@@ -77,8 +79,8 @@ def test_cpu_attention_cases_run_every_implementation_they_list(mode):
 
 
 def test_every_case_declares_its_implementations_and_devices():
-    assert get_cases()  # registers every kernel area (REGISTRY fills on first use)
-    for kernel in REGISTRY:
+    assert get_cases()
+    for kernel in areas():
         for device in ("cpu", "cuda"):  # GPU cases are listed without a GPU (asv discovery)
             for case in get_cases([kernel], device, "all"):
                 assert set(case.impls) <= set(implementation_names(kernel, device)), case.id
@@ -131,7 +133,8 @@ def test_a_kernel_named_twice_is_benchmarked_once():
 
 def test_run_cases_rejects_an_unknown_implementation():
     case = Case(kernel="toy", name="t", params={}, flops=0, bytes=1, make_inputs=lambda d: None,
-                impls={"torch": lambda x: None, "mine": lambda x: None})
+                impls={"torch": lambda x: None, "mine": lambda x: None},
+                roles={"torch": REFERENCE, "mine": OURS})
     with pytest.raises(ValueError, match=r"unknown implementation\(s\) \['nosuch'\] for these "
                                          r"cases on cpu; known: \['mine', 'torch'\]"):
         run_cases([case], "cpu", impls=["mine", "nosuch"], progress=False)
@@ -169,7 +172,7 @@ def test_cpu_fraction_is_of_the_measured_matmul_rate_and_memcpy():
 @pytest.mark.slow
 def test_numba_compile_is_cached_across_processes():
     """cache=True: a second process loads the compiled kernels instead of compiling."""
-    from kernelsuite.harness.attention_cases import numba_first_call_seconds
+    from kernelsuite.harness.cases.attention import numba_first_call_seconds
 
     cold, warm = numba_first_call_seconds()
     assert warm < cold / 5, (cold, warm)
@@ -178,7 +181,7 @@ def test_numba_compile_is_cached_across_processes():
 def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
     """The data benchmark's three implementations on its tiny corpus: int64 windows, y is x
     shifted by one token, and our loader matches the reference."""
-    from kernelsuite.harness import data_cases as dc
+    from kernelsuite.harness.cases import data as dc
 
     monkeypatch.setenv("KERNELSUITE_BENCH_DATA", str(tmp_path))
     dc._corpus.cache_clear()
@@ -207,7 +210,7 @@ def test_data_cases_run_every_implementation(tmp_path, monkeypatch):
 
 def test_run_cases_takes_each_cases_reference():
     case = Case(kernel="toy", name="sleep", params={}, flops=0.0, bytes=0.0,
-                make_inputs=lambda device: None, reference="python",
+                make_inputs=lambda device: None, roles={"python": REFERENCE, "numba": OURS},
                 impls={"python": lambda x: time.sleep(0.02), "numba": lambda x: time.sleep(0.002)})
     df = run_cases([case], "cpu", progress=False).set_index("impl")
     assert df.loc["python", "vs_reference"] == 1
@@ -217,9 +220,9 @@ def test_run_cases_takes_each_cases_reference():
 
 
 def test_packing_cases_compare_equal_packings(monkeypatch):
-    from kernelsuite.harness import batching_cases as bc
+    from kernelsuite.harness.cases import packing
 
-    monkeypatch.setattr(bc, "N_LENGTHS", 3000)
+    monkeypatch.setattr(packing, "N_LENGTHS", 3000)
     cases = get_cases(["packing"], "cpu")
     assert len(cases) == 12 and {c.reference for c in cases} == {"python"}
     for case in cases:
@@ -238,7 +241,7 @@ def test_packing_cases_compare_equal_packings(monkeypatch):
 
 
 def test_padding_cases_gpu_only_and_correct_on_a_small_shape(monkeypatch):
-    from kernelsuite.harness import batching_cases as bc
+    from kernelsuite.harness.cases import padding as bc
 
     assert get_cases(["padding"], "cpu") == []
     for fraction in bc.PADDING:
@@ -283,7 +286,8 @@ def test_roofline_floors_of_every_gpu_case():
 
 def test_cpu_rows_carry_the_floor_beside_the_time():
     case = Case(kernel="toy", name="copy", params={}, flops=0.0, bytes=1e8,
-                make_inputs=lambda device: None, impls={"torch": lambda x: time.sleep(0.01)})
+                make_inputs=lambda device: None, impls={"torch": lambda x: time.sleep(0.01)},
+                roles={"torch": REFERENCE})
     row = run_cases([case], "cpu", progress=False).iloc[0]
     from kernelsuite.harness.devices import cpu_copy_bandwidth
 

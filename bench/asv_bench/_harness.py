@@ -5,16 +5,16 @@ the area declares there, so discovery lists the same benchmarks on every machine
 that does not run here is skipped (NotImplementedError in setup). asv's default launch
 method spawns a fresh process for every benchmark and parameter pair, so each peak-memory
 reading starts clean. Each benchmark has an explicit version: refactoring this file does
-not cut the dashboard's history; bump a version when what it measures changes.
+not cut the dashboard's history; bump a version when what it measures changes. The
+call, its checked warm-up and the measurement the tracks read are
+kernelsuite.harness.measure's; asv owns time_call's samples and statistics.
 """
 
 import torch
 from asv_runner.benchmarks.mark import SkipNotImplemented
 
-from kernelsuite.data.loader import stop_prefetch_threads
-from kernelsuite.harness import timing  # a bare time_* name would be taken for a benchmark
-from kernelsuite.harness.cases import get_cases, implementation_names
-from kernelsuite.harness.run import check_error, peak_bytes, rates
+from kernelsuite.harness.cases import get_cases, implementation_names, teardown
+from kernelsuite.harness.measure import Call
 
 
 class CaseSuite:
@@ -31,60 +31,51 @@ class CaseSuite:
         c = self.CASES[case]
         if impl not in c.impls:
             raise NotImplementedError(f"{impl} does not run {case} here")
-        self.case, self.impl = c, impl
-        self.inputs = c.make_inputs(self.DEVICE)
-        self.first = self.run()  # warm-up: compilation, autotuning, loader start-up
+        self.call = Call(c, impl, self.DEVICE)  # warm-up (compilation, autotuning), checked
+        self.result = None
 
     def teardown(self, case, impl):
-        # a TokenLoader's prefetch thread must stop before the process exits (SIGABRT)
-        stop_prefetch_threads()
+        teardown(self.CASES[case].kernel)
 
-    def fn(self):
-        return self.case.impls[self.impl](self.inputs)
-
-    def run(self):
-        out = self.fn()
-        if self.DEVICE == "cuda":  # the host clock must wait for the GPU
-            torch.cuda.synchronize()
-        return out
-
-    def median_s(self):
-        """CUDA events with L2 flush, or perf_counter medians: as `kernelsuite bench`."""
-        return timing.time_fn(self.fn, self.DEVICE).median_s
+    def measured(self):
+        """The measurement the tracks read (kernelsuite.harness.measure: CUDA events with an
+        L2 flush, or perf_counter medians, as `kernelsuite bench`), made once per process."""
+        if self.result is None:
+            self.result = self.call.result()
+        return self.result
 
 
 def _time_call(self, case, impl):
-    self.run()
+    self.call.synced()
 
 
 def _track_tflops(self, case, impl):
-    return self.case.flops / self.median_s() / 1e12
+    return self.measured().rates()["tflops"]
 
 
 def _track_gbps(self, case, impl):
-    return self.case.bytes / self.median_s() / 1e9
+    return self.measured().rates()["gbps"]
 
 
 def _track_mtok_s(self, case, impl):
-    return self.case.tokens / self.median_s() / 1e6
+    return self.measured().rates()["mtok_s"]
 
 
 def _track_frac_peak(self, case, impl):
-    return rates(self.case, self.median_s(), self.DEVICE)["frac_peak"]
+    return self.measured().rates()["frac_peak"]
 
 
 def _track_peak_memory(self, case, impl):
     """Bytes allocated at the peak of one call beyond what was allocated before it (GPU),
     or resident-set growth (CPU)."""
-    return peak_bytes(self.fn, self.DEVICE)
+    return self.call.peak_bytes()
 
 
 def _track_max_error(self, case, impl):
-    """The warm-up call's output against the case's truth (kernelsuite.harness.run)."""
-    error = check_error(self.case, impl, self.inputs, self.first)
-    if error is None:
+    """The warm-up call's output against the case's truth (kernelsuite.harness.measure)."""
+    if self.call.max_error is None:
         raise SkipNotImplemented(f"{impl} has no answer to check")
-    return error
+    return self.call.max_error
 
 
 # module-level names start with "_": asv would take a bare time_*/track_* for a benchmark

@@ -3,12 +3,11 @@ suites.AttentionCPU.time_call, suites.PaddingCUDA.track_gbps, ... (see _harness.
 Run the CPU classes with `asv run --bench 'CPU\\.'`, the GPU ones with `--bench 'CUDA\\.'`.
 """
 
-from kernelsuite.harness.cases import REGISTRY, _load
+from kernelsuite.harness.cases import area_names
 
 from ._harness import suite
 
-_load()
-for _kernel in sorted(REGISTRY):
+for _kernel in area_names():
     for _device in ("cpu", "cuda"):
         _cls = suite(_kernel, _device)
         if _cls is not None:

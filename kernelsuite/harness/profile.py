@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 
 from .cases import check_device, find_case
+from .measure import Call, check_impl
+from .registry import OURS
 
 MAX_SECONDS = 86400.0  # py-spy's --duration; a day is more than any profile needs
 
@@ -29,14 +31,11 @@ MAX_SECONDS = 86400.0  # py-spy's --duration; a day is more than any profile nee
 def loop(case_id: str, impl: str, device: str, seconds: float) -> int:
     """The profiled child: warm up, print "ready", then call the case for `seconds` (or
     until killed). Returns the number of calls."""
-    case = find_case(case_id, device)
-    inputs = case.make_inputs(device)
-    work = case.impls[impl]
-    work(inputs)
+    call = Call(find_case(case_id, device), impl, device, check=False)
     print("ready", flush=True)
     calls, end = 0, time.perf_counter() + seconds
     while time.perf_counter() < end:
-        work(inputs)
+        call()
         calls += 1
     return calls
 
@@ -49,8 +48,8 @@ def check_seconds(seconds: float) -> float:
 
 
 def default_impl(case) -> str:
-    """The project's own implementation: the first one a case lists."""
-    return next(iter(case.impls))
+    """The project's own implementation (the first a case lists, if none says it is)."""
+    return next((i for i in case.impls if case.roles.get(i) == OURS), next(iter(case.impls)))
 
 
 def profile(case_id: str, impl: str | None = None, device: str | None = None,
@@ -63,10 +62,7 @@ def profile(case_id: str, impl: str | None = None, device: str | None = None,
     check_seconds(seconds)
     device = check_device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     case = find_case(case_id, device, listing)
-    impl = impl or default_impl(case)
-    if impl not in case.impls:
-        raise ValueError(f"impl {impl!r} does not run {case_id} on {device}; "
-                         f"choose from {list(case.impls)}")
+    impl = check_impl(case, impl or default_impl(case), device)  # before any file is made
     folder = Path(out) / case.kernel / case.name
     folder.mkdir(parents=True, exist_ok=True)
     cuda = torch.device(device).type == "cuda"
@@ -147,18 +143,14 @@ def _torch_profile(case, impl, device, folder, calls: int = 5) -> list[Path]:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cuda = torch.device(device).type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    inputs = case.make_inputs(device)
-    work = case.impls[impl]
-    work(inputs)  # warm-up: autotuning and compilation stay out of the trace
-    sync()
+    call = Call(case, impl, device, check=False)  # warm-up: out of the trace
+    cuda = call.cuda
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with torch_profile(activities=activities, record_shapes=True, profile_memory=True,
                        with_stack=True) as prof:
-        for _ in range(calls):
-            work(inputs)
-        sync()
+        for _ in range(calls - 1):
+            call()
+        call.synced()
     trace, table, memory = (folder / f"trace-{impl}.json", folder / f"key_averages-{impl}.txt",
                             folder / f"memory-{impl}.html")
     prof.export_chrome_trace(str(trace))

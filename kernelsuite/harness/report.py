@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cases import REGISTRY, _load, get_cases
+from .cases import areas, get_cases
+from .measure import geomean, speedups
 
 # asv benchmark method (or pytest-benchmark field) -> metric column
 METRICS = {"time_call": "time_s", "track_tflops": "tflops", "track_gbps": "gbps",
@@ -145,25 +146,19 @@ def latest(long: pd.DataFrame) -> pd.DataFrame:
             wide[col] = np.nan
     wide["time_ms"] = wide.time_s * 1e3
     wide["peak_mem_mb"] = wide.peak_mem_bytes / 2**20
-    refs = reference_impls()
-    ref_time = {(r.machine, r.kernel, r.case): r.time_s for r in wide.itertuples()
-                if refs.get(r.kernel) == r.impl}
-    wide["vs_reference"] = [ref_time.get((r.machine, r.kernel, r.case), np.nan) / r.time_s
-                            for r in wide.itertuples()]
+    roles = {kernel: area.roles for kernel, area in areas().items()}
+    wide["role"] = [roles.get(r.kernel, {}).get(r.impl) for r in wide.itertuples()]
+    wide["median_ms"] = wide.time_ms
+    speedups(wide, by=["machine", "kernel", "case"])
+    wide = wide.drop(columns=["role", "median_ms", "vs_best_alt"])
     return wide
 
 
 @lru_cache(maxsize=None)
 def registry_cases() -> dict:
     """(kernel, case name) -> Case, for every case of the full sweep on either device."""
-    _load()
-    return {(k, c.name): c for k in REGISTRY for d in ("cpu", "cuda")
+    return {(k, c.name): c for k in areas() for d in ("cpu", "cuda")
             for c in get_cases([k], d, "all")}
-
-
-def reference_impls() -> dict:
-    """kernel -> the implementation its cases are measured against."""
-    return {kernel: case.reference for (kernel, _), case in registry_cases().items()}
 
 
 def case_params() -> dict:
@@ -263,7 +258,7 @@ def _speedup_plot(kernel, df, out):
     if df.empty:
         return None
     geo = df.groupby(["machine", "impl"]).vs_reference.apply(
-        lambda r: float(np.exp(np.log(r).mean()))).unstack("impl")
+        geomean).unstack("impl")
     ax = geo.plot.bar(figsize=(1.5 + 1.5 * len(geo) + 0.3 * geo.size, 3.6), rot=0)
     ax.axhline(1, color="grey", lw=0.8)
     ax.set_ylabel("speedup over the reference (geomean)")

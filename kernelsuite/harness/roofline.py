@@ -15,8 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cases import Case, get_cases
+from .cases import get_cases
 from .devices import HOST_LINK, MEASURED, PEAKS
+from .registry import Case
 
 
 def floor_terms(case: Case, flops_rate: float, bandwidth: float,

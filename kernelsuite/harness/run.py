@@ -5,81 +5,12 @@ from __future__ import annotations
 import shutil
 import sys
 
-import numpy as np
 import pandas as pd
-import torch
 
-from .cases import ALTERNATIVE_PREFIX, Case
-from .devices import (copy_bandwidth, cuda_host_to_device_bandwidth, device_name,
-                      known_gpu, measured_ceilings, peaks)
-from .roofline import floor_seconds
-from .timing import peak_cpu_bytes, peak_cuda_bytes, time_fn
-
-
-def check_error(case: Case, impl: str, inputs, output) -> float | None:
-    """Max error of an output against the case's truth for the same inputs (None where the
-    case or implementation has nothing to check against)."""
-    if case.truth is None or impl in case.unchecked:
-        return None
-    return float(case.error(output, case.truth(inputs)))
-
-
-def rates(case: Case, median_s: float, device: str, with_ceiling: bool = False) -> dict:
-    """Throughput of one call taking median_s: TFLOP/s, GFLOP/s, GB/s, Mtok/s, floor_ms
-    (the roofline floor at the device's peaks, see ceilings()) and frac_peak = floor / time.
-    with_ceiling (GPUs): also frac_ceiling, the floor at the ceilings measured in this
-    process (bf16 matmul, device copy) over the time."""
-    out = dict(tflops=case.flops / median_s / 1e12, gflops=case.flops / median_s / 1e9,
-               gbps=case.bytes / median_s / 1e9 if case.bytes else None, frac_peak=None)
-    if case.tokens:
-        out["mtok_s"] = case.tokens / median_s / 1e6
-    if not (case.flops or case.bytes):
-        return out
-    floor, _ = floor_seconds(case, *ceilings(case, device))
-    out.update(floor_ms=floor * 1e3, frac_peak=floor / median_s)
-    if with_ceiling and torch.device(device).type == "cuda":
-        out["frac_ceiling"] = floor_seconds(case, *ceilings(case, device, True))[0] / median_s
-    return out
-
-
-def ceilings(case: Case, device: str, measured: bool = False) -> tuple:
-    """(FLOP/s, memory bytes/s, host-link bytes/s or None) a case's floor is taken at:
-    devices.peaks (datasheet for H100/H200, measured elsewhere), except that cases that
-    only move data are held to a device copy measured in this run, and cases that feed a
-    GPU from the host to a pinned host-to-device copy measured in this run. measured:
-    every rate measured here (devices.measured_ceilings)."""
-    flops, bandwidth = measured_ceilings(device) if measured else peaks(device)
-    if not case.flops:
-        bandwidth = copy_bandwidth(device)
-    cuda = torch.device(device).type == "cuda"
-    link = cuda_host_to_device_bandwidth(str(torch.device(device))) \
-        if cuda and case.host_bytes else None
-    return flops, bandwidth, link
-
-
-def peak_bytes(fn, device: str) -> int | None:
-    """Peak memory of one call: GPU allocations on CUDA, resident-set growth on CPU."""
-    return peak_cuda_bytes(fn) if torch.device(device).type == "cuda" else peak_cpu_bytes(fn)
-
-
-def measure(case: Case, impl: str, device: str) -> dict:
-    """Time one implementation of one case; returns a row of metrics. The first call (also
-    a warm-up) is checked against the case's truth."""
-    inputs = case.make_inputs(device)
-    work = case.impls[impl]
-
-    def fn():
-        return work(inputs)
-
-    error = check_error(case, impl, inputs, fn())
-    timing = time_fn(fn, device)
-    peak = peak_bytes(fn, device)
-    return dict(kernel=case.kernel, case=case.name, impl=impl, reference=case.reference,
-                device=device_name(device), **case.params,
-                median_ms=timing.median_s * 1e3, q20_ms=timing.q20_s * 1e3,
-                q80_ms=timing.q80_s * 1e3, runs=timing.runs, threads=timing.threads,
-                **rates(case, timing.median_s, device, with_ceiling=True),
-                peak_mem_mb=None if peak is None else peak / 2**20, max_error=error)
+from .devices import copy_bandwidth, cuda_host_to_device_bandwidth, known_gpu, \
+    measured_ceilings, peaks
+from .measure import geomean, measure, speedups
+from .registry import ALTERNATIVE
 
 
 def show_progress(done: int, total: int, text: str, stream=None):
@@ -109,26 +40,13 @@ def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
     for n, (case, impl) in enumerate(jobs, 1):
         if progress and sys.stderr.isatty():  # what is running now
             show_progress(n - 1, len(jobs), f"{case.id} {impl} ...")
-        row = measure(case, impl, device)
+        row = measure(case, impl, device).row()
         rows.append(row)
         if progress:
             rate = (f"{row['tflops']:.2f} TFLOP/s" if case.flops
                     else f"{row['gbps']:.2f} GB/s" if case.bytes else "")
             show_progress(n, len(jobs), f"{case.id} {impl}: {row['median_ms']:.3f} ms {rate}")
-    return add_speedups(pd.DataFrame(rows))
-
-
-def add_speedups(df: pd.DataFrame) -> pd.DataFrame:
-    """vs_best_alt: time of the fastest alternative (e.g. best SDPA backend) / this time;
-    vs_reference: time of the case's reference (impl "torch" unless the case names another)
-    / this time. Both >1 means faster."""
-    if df.empty:
-        return df
-    alt = df[df.impl.str.startswith(ALTERNATIVE_PREFIX)].groupby("case").median_ms.min()
-    ref = df[df.impl == df.reference].set_index("case").median_ms
-    df["vs_best_alt"] = df.case.map(alt) / df.median_ms
-    df["vs_reference"] = df.case.map(ref) / df.median_ms
-    return df
+    return speedups(pd.DataFrame(rows))
 
 
 COLUMNS = ["case", "impl", "median_ms", "floor_ms", "RATE", "mtok_s", "frac_peak",
@@ -181,12 +99,12 @@ def format_table(df: pd.DataFrame) -> str:
 def summary(df: pd.DataFrame, by=("mode", "causal")) -> str:
     """Geometric mean of vs_best_alt per implementation over each group of cases (e.g.
     forward causal): the single ratio a sweep is judged by."""
-    df = df[df.vs_best_alt.notna() & ~df.impl.str.startswith(ALTERNATIVE_PREFIX)]
+    df = df[df.vs_best_alt.notna() & (df.role != ALTERNATIVE)]
     keys = [k for k in by if k in df]
     if df.empty:
         return ""
     groups = df.groupby(["impl"] + keys).vs_best_alt
-    out = groups.apply(lambda r: float(np.exp(np.log(r).mean()))).rename("geomean_vs_best_alt")
+    out = groups.apply(geomean).rename("geomean_vs_best_alt")
     count = groups.size().rename("cases")
     return pd.concat([out, count], axis=1).reset_index().to_markdown(index=False,
                                                                      floatfmt=".3g")

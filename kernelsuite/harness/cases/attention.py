@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from ..attention import flash_attn_func, reference
-from .cases import Case, register, register_notes
-from .numerics import max_error_of
+from ...attention import flash_attn_func, reference
+from ..numerics import max_error_of
+from ..registry import ALTERNATIVE, OURS, REFERENCE, Area, Case
 
 # FLOPs of the backward relative to the forward (DESIGN.md)
 BWD_FACTOR = 2.5
@@ -115,6 +115,8 @@ def error(output, want):
 SDPA = {"cpu": ("sdpa_flash", "sdpa_math"),
         "cuda": ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")}
 IMPLS = {"cpu": ["numba", "torch", *SDPA["cpu"]], "cuda": ["triton", "torch", *SDPA["cuda"]]}
+ROLES = {"numba": OURS, "triton": OURS, "torch": REFERENCE,
+         **{name: ALTERNATIVE for name in SDPA["cuda"]}}
 
 
 def _backend(name):
@@ -196,7 +198,6 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, mode,
         truth=lambda x: truth(x, backward), error=error)
 
 
-@register("attention", impls=IMPLS)
 def cases(device: str, size: str) -> list[Case]:
     out = []
     cuda = torch.device(device).type == "cuda"
@@ -252,10 +253,14 @@ def numba_first_call_seconds() -> tuple[float, float]:
                                           ).stdout.split()[-1]) for _ in range(2))
 
 
-@register_notes("attention")
 def notes(device: str) -> list[str]:
     if torch.device(device).type != "cpu":
         return []
     cold, warm = numba_first_call_seconds()
     return [f"Numba first call (forward + backward, float32) in a new process: {cold:.1f} s "
             f"with an empty cache (JIT compile), {warm:.2f} s once the cache is written."]
+
+
+AREA = Area("attention", "flash attention forward/backward: Triton (CUDA) or Numba (CPU) "
+            "against the PyTorch reference and every torch SDPA backend", cases, IMPLS, ROLES,
+            notes=notes)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ReferenceTokenLoader, TokenLoader, read_header, write_shard
-from ..data.shards import HEADER_BYTES
-from .cases import Case, register, register_notes
-from .timing import _status_kb
+from ...data import ReferenceTokenLoader, TokenLoader, read_header, write_shard
+from ...data.loader import stop_prefetch_threads
+from ...data.shards import HEADER_BYTES
+from ..registry import ALTERNATIVE, OURS, REFERENCE, Area, Case
+from ..timing import _status_kb
 
 SHARDS, SHARD_TOKENS = 8, 1 << 26  # 8 x 128 MiB of uint16: 1 GiB
 VOCAB = 50257  # GPT-2's
@@ -93,6 +94,7 @@ def _batches(make_loader, n):
 
 
 IMPLS = ["numba", "torch", "nanogpt_get_batch"]
+ROLES = {"numba": OURS, "torch": REFERENCE, "nanogpt_get_batch": ALTERNATIVE}
 
 
 def make_case(batch, seq_len, tiny=False) -> Case:
@@ -129,7 +131,6 @@ def tokens_differing(output, want) -> float:
     return float(sum(int((a.cpu() != b.cpu()).sum()) for a, b in zip(output, want)))
 
 
-@register("data", impls={"cpu": IMPLS, "cuda": IMPLS})
 def cases(device: str, size: str) -> list[Case]:
     if size == "tiny":
         return [make_case(*TINY["shape"], tiny=True)]
@@ -154,7 +155,6 @@ def rss_over_batches(batches=10_000, batch=32, seq_len=2048, device="cpu"):
     return marks
 
 
-@register_notes("data")
 def notes(device: str) -> list[str]:
     files = bench_corpus()
     size = sum(p.stat().st_size for p in files) / 2**30
@@ -163,3 +163,9 @@ def notes(device: str) -> list[str]:
     return [f"Corpus: {len(files)} uint16 shards, {size:.2f} GiB, in {corpus_dir()}.",
             f"RSS (MiB) over 10,000 TokenLoader batches of 32 x 2048, by batches seen: "
             f"{trail}; growth {marks[10_000] - marks[1]:+.0f} MiB after the first batch."]
+
+
+# a TokenLoader's prefetch thread must stop before a benchmark process exits (SIGABRT)
+AREA = Area("data", "token batches from shards: TokenLoader against its DataLoader "
+            "reference and nanoGPT's get_batch", cases, {"cpu": IMPLS, "cuda": IMPLS}, ROLES,
+            notes=notes, teardown=stop_prefetch_threads)
