@@ -49,20 +49,15 @@ def _time_call(self, case, impl):
     self.call.synced()
 
 
-def _track_tflops(self, case, impl):
-    return self.measured().rates()["tflops"]
+def _rate(name):
+    """A track reading one rate of the process's measurement (measure.rates)."""
+    def track(self, case, impl):
+        return self.measured().rates()[name]
+    return track
 
 
-def _track_gbps(self, case, impl):
-    return self.measured().rates()["gbps"]
-
-
-def _track_mtok_s(self, case, impl):
-    return self.measured().rates()["mtok_s"]
-
-
-def _track_frac_peak(self, case, impl):
-    return self.measured().rates()["frac_peak"]
+_track_tflops, _track_gbps, _track_mtok_s, _track_frac_peak = (
+    _rate(name) for name in ("tflops", "gbps", "mtok_s", "frac_peak"))
 
 
 def _track_peak_memory(self, case, impl):
