@@ -64,24 +64,24 @@ def cuda_clock() -> float:
 
 
 def _time_cuda_events(fn, warmup_ms, rep_ms):
-    fn()
-    torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+
+    def once() -> float:  # seconds of one call on the GPU's clock
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
     fn()
-    end.record()
     torch.cuda.synchronize()
-    est_ms = max(start.elapsed_time(end), 1e-3)
+    est_ms = max(once() * 1e3, 1e-3)
     for _ in range(max(1, int(warmup_ms / est_ms))):
         fn()
     times = []
     for _ in range(max(5, int(rep_ms / est_ms))):
         flush_l2()
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
+        times.append(once())
     return Timing(statistics.median(times), _quantile(times, 0.2), _quantile(times, 0.8),
                   len(times))
 
