@@ -37,9 +37,10 @@ def test_unpad_pad_match_the_reference(mask_name, shape, dtype, device):
             assert torch.equal(g, w)
         else:
             assert g == w
-    unpadded, indices, cu_seqlens, max_seqlen = got
+    unpadded, indices, cu_seqlens, max_seqlen, seqused = got
     assert cu_seqlens.dtype == torch.int32 and indices.dtype == torch.int64
     assert max_seqlen == int(mask.sum(1).max())
+    assert seqused.dtype == torch.int32 and torch.equal(seqused, cu_seqlens.diff())
     back = pad_input(unpadded, indices, B, S, backend="triton")
     assert torch.equal(back, reference.pad_input(unpadded, indices, B, S))
     keep = mask.bool().reshape(B, S, *[1] * (x.ndim - 2))
@@ -50,7 +51,7 @@ def test_unpad_pad_match_the_reference(mask_name, shape, dtype, device):
 def test_gradients_each_is_the_others_backward(dtype, device):
     mask = masks()["mixed"].to(device)
     x = torch.randn(B, S, 4, 8, dtype=dtype, device=device, requires_grad=True)
-    out, indices, _, _ = unpad_input(x, mask, backend="triton")
+    out, indices, _, _, _ = unpad_input(x, mask, backend="triton")
     grad = torch.randn_like(out)
     (dx,) = torch.autograd.grad(out, x, grad)
     assert torch.equal(dx, pad_input(grad, indices, B, S, backend="torch"))
@@ -74,7 +75,7 @@ def test_non_contiguous_hidden_states(device):
     mask = masks()["mixed"].to(device)
     base = torch.randn(S, B, 16, device=device)
     x = base.transpose(0, 1)[..., ::2]  # (B, S, 8), strided in every dim
-    got, indices, _, _ = unpad_input(x, mask, backend="triton")
+    got, indices, _, _, _ = unpad_input(x, mask, backend="triton")
     assert torch.equal(got, reference.unpad_input(x, mask)[0])
     h = got.t().contiguous().t()  # column-major rows
     back = pad_input(h, indices, B, S, backend="triton")
@@ -86,7 +87,7 @@ def test_strided_indices(device):
     gathered the wrong rows into the gradient."""
     mask = masks()["mixed"].to(device)
     x = torch.randn(B, S, 4, device=device)
-    h, indices, _, _ = unpad_input(x, mask)
+    h, indices, _, _, _ = unpad_input(x, mask)
     spaced = torch.zeros(2 * indices.numel(), dtype=indices.dtype, device=device)
     spaced[::2] = indices
     strided = spaced[::2]
@@ -103,7 +104,7 @@ def test_strided_indices(device):
 def test_bad_tensors_name_the_argument(backend, device):
     mask = masks()["mixed"]
     x = torch.randn(B, S, 4)
-    _, indices, _, _ = unpad_input(x, mask)
+    _, indices, _, _, _ = unpad_input(x, mask)
     with pytest.raises(TypeError, match="hidden_states must be a tensor"):  # AttributeError
         unpad_input(x.tolist(), mask, backend=backend)
     with pytest.raises(TypeError, match="hidden_states must be a tensor"):
@@ -136,7 +137,7 @@ def test_bad_masks_and_indices(backend):
         unpad_input(x, mask.long() * 2, backend=backend)
     with pytest.raises(TypeError, match="attention_mask must be a tensor"):
         unpad_input(x, mask.tolist(), backend=backend)
-    _, indices, _, _ = unpad_input(x, mask, backend=backend)
+    _, indices, _, _, _ = unpad_input(x, mask, backend=backend)
     h = torch.randn(indices.numel(), 4)
     with pytest.raises(ValueError, match=r"indices must lie in \[0, batch \* seqlen"):
         pad_input(h, indices + 1000, B, S, backend=backend)
@@ -159,6 +160,31 @@ def test_backend_choice():
     with pytest.raises(TypeError, match="backend='triton' does not take"):
         unpad_input(x.bool(), mask, backend="triton")
     assert torch.equal(unpad_input(x, mask)[0], reference.unpad_input(x, mask)[0])  # auto
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_unused_mask_keeps_allocated_rows_as_flash_attn_does(backend, device):
+    """flash-attn >= 2.6: rows in unused_mask are kept and counted in cu_seqlens and
+    max_seqlen; seqused counts attention_mask's tokens only."""
+    used = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    unused = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    x = torch.randn(3, 5, 4)
+    h, indices, cu, max_seqlen, seqused = unpad_input(x.to(device), used.to(device),
+                                                      unused.to(device), backend=backend)
+    assert indices.tolist() == [0, 1, 2, 3, 5, 6, 7, 8, 9]
+    assert cu.tolist() == [0, 4, 9, 9] and max_seqlen == 5 and seqused.tolist() == [2, 1, 0]
+    assert torch.equal(h.cpu(), x.reshape(15, 4)[indices.cpu()])
+    assert all(torch.equal(a.cpu(), b) if isinstance(b, torch.Tensor) else a == b for a, b in
+               zip((h, indices, cu, max_seqlen, seqused),
+                   reference.unpad_input(x, used, unused)))
+    with pytest.raises(ValueError, match="unused_mask overlaps attention_mask"):
+        unpad_input(x, used, used, backend=backend)
+    with pytest.raises(ValueError, match="unused_mask must be 2-D"):
+        unpad_input(x, used, unused[0], backend=backend)
+    with pytest.raises(TypeError, match="unused_mask must be bool or integer"):
+        unpad_input(x, used, unused.float(), backend=backend)
+    with pytest.raises(TypeError, match="positional"):  # flash-attn's third is unused_mask
+        unpad_input(x, used, None, backend)
 
 
 @pytest.mark.gpu

@@ -180,7 +180,7 @@ def padded_inputs(draw):
 def test_unpad_then_pad_round_trips(inputs, backend, strided_indices):
     x, mask = inputs
     batch, seqlen = mask.shape
-    h, indices, cu_seqlens, max_seqlen = unpad_input(x, mask, backend=backend)
+    h, indices, cu_seqlens, max_seqlen, seqused = unpad_input(x, mask, backend=backend)
     keep = mask.bool()
     assert torch.equal(h, x[keep])  # boolean indexing: the kept rows in row-major order
     assert torch.equal(indices, torch.nonzero(keep.flatten()).flatten())
@@ -188,6 +188,7 @@ def test_unpad_then_pad_round_trips(inputs, backend, strided_indices):
     assert cu_seqlens.dtype == torch.int32
     assert cu_seqlens.tolist() == [0] + torch.cumsum(lengths, 0).tolist()
     assert max_seqlen == (int(lengths.max()) if batch else 0)
+    assert seqused.dtype == torch.int32 and seqused.tolist() == lengths.tolist()
     if strided_indices:  # a view every other element, maybe int32
         spaced = torch.zeros(2 * indices.numel(), dtype=torch.int32)
         spaced[::2] = indices
@@ -268,7 +269,7 @@ def test_invalid_arguments_are_named(junk, algorithm):
         named("seed", LengthBucketBatchSampler, [1, 2], 8, seed=junk)
     if junk not in (0, 2**62) or isinstance(junk, (bool, float)):
         x, mask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
-        h, indices, _, _ = unpad_input(x, mask)
+        h, indices, _, _, _ = unpad_input(x, mask)
         for backend in ("triton", "torch"):
             named("batch", pad_input, h, indices, junk, 3, backend=backend)
     for lengths in ([1, junk], [[1, 2]], np.array([1.0, 2.0]), [1, -3], [2**62, 2**62]):

@@ -127,42 +127,52 @@ def check_lengths(lengths, capacity, truncate, name="lengths",
     return arr
 
 
-def check_mask(hidden_states, attention_mask) -> tuple[int, int]:
+def check_mask(hidden_states, attention_mask, name="attention_mask") -> tuple[int, int]:
     """(batch, seqlen) of an unpad_input call; the mask must be 0/1 (bool or integer)."""
     if not isinstance(hidden_states, torch.Tensor):
         raise TypeError(f"hidden_states must be a tensor, got {type(hidden_states).__name__}")
     if not isinstance(attention_mask, torch.Tensor):
-        raise TypeError(f"attention_mask must be a tensor, got "
-                        f"{type(attention_mask).__name__}")
+        raise TypeError(f"{name} must be a tensor, got {type(attention_mask).__name__}")
     if attention_mask.ndim != 2:
-        raise ValueError(f"attention_mask must be 2-D (batch, seqlen), got shape "
+        raise ValueError(f"{name} must be 2-D (batch, seqlen), got shape "
                          f"{tuple(attention_mask.shape)}")
     if hidden_states.ndim < 2 or hidden_states.shape[:2] != attention_mask.shape:
         raise ValueError(f"hidden_states must be (batch, seqlen, ...) with (batch, seqlen) = "
-                         f"attention_mask.shape {tuple(attention_mask.shape)}, got shape "
+                         f"{name}.shape {tuple(attention_mask.shape)}, got shape "
                          f"{tuple(hidden_states.shape)}")
     if attention_mask.device != hidden_states.device:
-        raise ValueError(f"attention_mask is on {attention_mask.device} but hidden_states is "
+        raise ValueError(f"{name} is on {attention_mask.device} but hidden_states is "
                          f"on {hidden_states.device}")
     dtype = attention_mask.dtype
     if dtype != torch.bool:
         if dtype.is_floating_point or dtype.is_complex:
-            raise TypeError(f"attention_mask must be bool or integer, got {dtype}")
+            raise TypeError(f"{name} must be bool or integer, got {dtype}")
         if attention_mask.numel() and not ((attention_mask == 0) | (attention_mask == 1)).all():
-            raise ValueError("attention_mask must hold only 0 and 1 (1 = a real token)")
+            raise ValueError(f"{name} must hold only 0 and 1 (1 = a real token)")
     return attention_mask.shape[0], attention_mask.shape[1]
 
 
-def unpad_layout(hidden_states, attention_mask):
-    """What unpad_input returns besides the rows, after checking its arguments:
-    (indices of the kept rows of the flattened batch * seqlen (int64), cu_seqlens (int32),
-    max_seqlen)."""
+def unpad_layout(hidden_states, attention_mask, unused_mask=None):
+    """What unpad_input returns besides the rows, after checking its arguments: (indices of
+    the kept rows of the flattened batch * seqlen (int64), cu_seqlens (int32), max_seqlen,
+    seqused (int32: the tokens attention_mask keeps per sequence)). Rows kept: those set
+    in attention_mask or in unused_mask (allocated but unused, e.g. a cache's free slots:
+    they count in cu_seqlens but not in seqused); the two masks must not overlap."""
     batch, _ = check_mask(hidden_states, attention_mask)
-    mask = attention_mask.bool()
+    used = attention_mask.bool()
+    mask = used
+    if unused_mask is not None:
+        check_mask(hidden_states, unused_mask, "unused_mask")
+        unused = unused_mask.bool()
+        if (used & unused).any():
+            raise ValueError("unused_mask overlaps attention_mask: a position is either a "
+                             "real token (attention_mask) or allocated but unused, not both")
+        mask = used | unused
     lengths = mask.sum(dim=1, dtype=torch.int32)
     indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
     cu_seqlens = torch.nn.functional.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    return indices, cu_seqlens, int(lengths.max()) if batch else 0
+    return (indices, cu_seqlens, int(lengths.max()) if batch else 0,
+            used.sum(dim=1, dtype=torch.int32))
 
 
 def check_indices(hidden_states, indices, batch, seqlen):

@@ -34,26 +34,30 @@ def _rows2d(x):
     return x.reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
-def unpad_input(hidden_states, attention_mask, backend="auto"):
-    """(batch, seqlen, ...) -> (hidden_unpadded (nnz, ...), indices (nnz,) int64 into the
-    flattened batch * seqlen, cu_seqlens (batch + 1,) int32, max_seqlen int), keeping the
-    positions where attention_mask (bool or 0/1, (batch, seqlen)) is set.
+def unpad_input(hidden_states, attention_mask, unused_mask=None, *, backend="auto"):
+    """(batch, seqlen, ...) -> flash-attn's 5-tuple (hidden_unpadded (nnz, ...), indices
+    (nnz,) int64 into the flattened batch * seqlen, cu_seqlens (batch + 1,) int32,
+    max_seqlen int, seqused (batch,) int32), keeping the positions where attention_mask
+    (bool or 0/1, (batch, seqlen)) is set. unused_mask (same form, flash-attn >= 2.6):
+    positions that are allocated but unused; they are kept too and counted in cu_seqlens
+    and max_seqlen, while seqused counts attention_mask's tokens only.
 
     backend: "triton" (CUDA; CPU under TRITON_INTERPRET=1), "torch" (the reference) or
     "auto" (triton on CUDA, else torch). Differentiable with respect to hidden_states.
     """
     if _resolve(backend, hidden_states) == "torch":
-        return reference.unpad_input(hidden_states, attention_mask)
-    indices, cu_seqlens, max_seqlen = unpad_layout(hidden_states, attention_mask)
+        return reference.unpad_input(hidden_states, attention_mask, unused_mask)
+    indices, cu_seqlens, max_seqlen, seqused = unpad_layout(hidden_states, attention_mask,
+                                                            unused_mask)
     from .triton_padding import RowGather, inverse_rows
 
     rows = _rows2d(hidden_states.flatten(0, 1))
     out = RowGather.apply(rows, indices, inverse_rows(indices, rows.shape[0]))
     return (out.reshape(indices.numel(), *hidden_states.shape[2:]), indices, cu_seqlens,
-            max_seqlen)
+            max_seqlen, seqused)
 
 
-def pad_input(hidden_states, indices, batch, seqlen, backend="auto"):
+def pad_input(hidden_states, indices, batch, seqlen, *, backend="auto"):
     """(nnz, ...) rows at `indices` of the flattened (batch * seqlen) -> (batch, seqlen,
     ...), zeros elsewhere: the inverse of unpad_input. Same backends; differentiable with
     respect to hidden_states. indices must be distinct and in range (checked)."""

@@ -89,11 +89,12 @@ def pack_sequences(lengths, capacity, algorithm="ffd", truncate=False) -> Packin
     return Packing(np.array(bin_ids, dtype=np.int64), bins, capacity, arr)
 
 
-def unpad_input(hidden_states, attention_mask):
+def unpad_input(hidden_states, attention_mask, unused_mask=None):
     """Reference of kernelsuite.batching.unpad_input: a gather of the kept rows."""
-    indices, cu_seqlens, max_seqlen = unpad_layout(hidden_states, attention_mask)
+    indices, cu_seqlens, max_seqlen, seqused = unpad_layout(hidden_states, attention_mask,
+                                                            unused_mask)
     rows = hidden_states.flatten(0, 1)
-    return rows[indices], indices, cu_seqlens, max_seqlen
+    return rows[indices], indices, cu_seqlens, max_seqlen, seqused
 
 
 def pad_input(hidden_states, indices, batch, seqlen):

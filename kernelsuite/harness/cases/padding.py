@@ -61,9 +61,11 @@ def padding_cases_for(fraction, device, shape=PAD_SHAPE) -> list[Case]:
 
 
 def _padding_error(output, want):
-    """unpad returns (hidden, indices, cu_seqlens, max_seqlen): compare the tensors."""
+    """unpad returns (hidden, indices, cu_seqlens, max_seqlen, seqused): compare the
+    tensors (and the max_seqlen, as an error of 0 or of its difference)."""
     if isinstance(want, tuple):
-        output, want = output[:3], want[:3]
+        extra = abs(output[3] - want[3])
+        return max(extra, max_error_of(output[:3] + output[4:], want[:3] + want[4:]))
     return max_error_of(output, want)
 
 
