@@ -1,59 +1,29 @@
 """Public attention functions: input validation, backend choice, autograd, torch.library ops.
 
-Inputs are checked here, once; kernels assume valid inputs. The kernels (Triton on
-CUDA, Numba on CPU) are reached through two torch.library custom ops (forward and backward)
-with fake implementations and a registered autograd formula, so
-``torch.compile(fullgraph=True)`` traces through them on either device.
+Inputs are checked here, once (the attention settings by ``_params.AttnParams.make``);
+kernels assume valid inputs. The kernels (Triton on CUDA, Numba on CPU) are reached through
+two torch.library custom ops (forward and backward) with fake implementations and a
+registered autograd formula, so ``torch.compile(fullgraph=True)`` traces through them on
+either device.
 """
 
 from __future__ import annotations
 
-import math
 import numbers
-import os
 from typing import Optional
 
 import torch
 
+from .._checks import resolve_backend
 from . import reference
+from ._params import AttnParams, check_flag
 
 BACKENDS = ("auto", "triton", "numba", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 HEAD_DIM_MIN, HEAD_DIM_MAX = 16, 256
-INT64_MAX = 2**63 - 1
 
 
 # ----------------------------------------------------------------------------- validation
-
-
-def _check_flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-
-
-def _check_scalars(softmax_scale, causal, window_size, softcap, return_lse, deterministic,
-                   head_dim):
-    """Returns (softmax_scale, (left, right)) with the defaults and causal applied."""
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(head_dim)
-    elif (not isinstance(softmax_scale, numbers.Real) or isinstance(softmax_scale, bool)
-          or not math.isfinite(softmax_scale) or softmax_scale <= 0):
-        raise ValueError(f"softmax_scale must be a finite number > 0 or None, got {softmax_scale!r}")
-    for name, flag in (("causal", causal), ("return_lse", return_lse),
-                       ("deterministic", deterministic)):
-        _check_flag(name, flag)
-    if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
-            or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool)
-                       and -1 <= w <= INT64_MAX for w in window_size)):
-        raise ValueError("window_size must be a pair (left, right) of ints in [-1, 2**63 - 1] "
-                         f"(-1 = unbounded), got {window_size!r}")
-    if (not isinstance(softcap, numbers.Real) or isinstance(softcap, bool)
-            or not math.isfinite(softcap) or softcap < 0):
-        raise ValueError(f"softcap must be a finite number >= 0 (0 = off), got {softcap!r}")
-    left, right = (int(w) for w in window_size)
-    if causal:  # flash-attn: causal is the window (left, 0)
-        right = 0
-    return float(softmax_scale), (left, right)
 
 
 def _check_tensors(q, k, v, backend, varlen):
@@ -132,21 +102,15 @@ def _check_max_seqlen(name, value, lengths, total):
     return max(lengths)
 
 
-def _resolve_backend(backend, q):
+def _auto(q):
     """"auto" is Triton for CUDA tensors, Numba for CPU tensors."""
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return "triton" if q.device.type == "cuda" else "numba"
+
+
+def _resolve_backend(backend, q):
     if not isinstance(q, torch.Tensor):
         return backend  # _check_tensors names the problem
-    device = q.device
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "numba"
-    if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-                         f"triton is imported, to interpret on CPU); got tensors on {device}")
-    if backend == "numba" and device.type != "cpu":
-        raise ValueError(f"backend='numba' needs CPU tensors; got tensors on {device}")
-    return backend
+    return resolve_backend(backend, q, BACKENDS, _auto)
 
 
 # ----------------------------------------------------------------------------- custom ops
@@ -224,6 +188,34 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------- public API
 
 
+def _checked(q, k, v, backend, varlen, softmax_scale, causal, window_size, softcap,
+             return_lse, deterministic):
+    """(backend, AttnParams) of a call whose tensors and settings are valid."""
+    backend = _resolve_backend(backend, q)
+    _check_tensors(q, k, v, backend, varlen)
+    params = AttnParams.make(softmax_scale, causal, window_size, softcap, deterministic,
+                             q.shape[-1])
+    check_flag("return_lse", return_lse)
+    return backend, params
+
+
+def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
+         return_lse, backend):
+    """A checked call on its backend: the reference for "torch", else the custom op."""
+    params = params.bounded(max_seqlen_q, max_seqlen_k)
+    if backend == "torch":
+        settings = dict(softmax_scale=params.softmax_scale, window_size=params.window,
+                        softcap=params.softcap, return_lse=return_lse,
+                        deterministic=params.deterministic)
+        if cu_seqlens_q is None:
+            return reference.flash_attn_func(q, k, v, **settings)
+        return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                max_seqlen_q, max_seqlen_k, **settings)
+    out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                       *params.op_args(), backend)
+    return (out, lse) if return_lse else out
+
+
 def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1),
                     softcap=0.0, return_lse=False, deterministic=False, backend="auto"):
     """Attention over (batch, seqlen, heads, head_dim) tensors, flash-attn conventions.
@@ -238,17 +230,9 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     device, float64 too) or "auto" (Triton on CUDA, Numba on CPU). The Numba backend uses
     torch.get_num_threads() threads.
     """
-    backend = _resolve_backend(backend, q)
-    _check_tensors(q, k, v, backend, varlen=False)
-    scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
-                                          return_lse, deterministic, q.shape[-1])
-    left, right = reference.bounded_window((left, right), q.shape[1], k.shape[1])
-    if backend == "torch":
-        return reference.flash_attn_func(q, k, v, scale, False, (left, right), float(softcap),
-                                         return_lse, deterministic)
-    out, lse = _fwd_op(q, k, v, None, None, q.shape[1], k.shape[1], scale, left, right,
-                       float(softcap), deterministic, backend)
-    return (out, lse) if return_lse else out
+    backend, params = _checked(q, k, v, backend, False, softmax_scale, causal, window_size,
+                               softcap, return_lse, deterministic)
+    return _run(q, k, v, None, None, q.shape[1], k.shape[1], params, return_lse, backend)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
@@ -262,23 +246,13 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     the float32 log-sum-exp (heads_q, total_q) when return_lse. Other arguments as
     :func:`flash_attn_func`.
     """
-    backend = _resolve_backend(backend, q)
-    _check_tensors(q, k, v, backend, varlen=True)
-    scale, (left, right) = _check_scalars(softmax_scale, causal, window_size, softcap,
-                                          return_lse, deterministic, q.shape[-1])
+    backend, params = _checked(q, k, v, backend, True, softmax_scale, causal, window_size,
+                               softcap, return_lse, deterministic)
     lengths_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     lengths_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device,
                                   batch=cu_seqlens_q.numel() - 1)
     max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q, q.shape[0])
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k, k.shape[0])
     # the Triton kernels read cu_seqlens as raw memory: a strided view must be copied
-    cu_seqlens_q, cu_seqlens_k = cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous()
-    left, right = reference.bounded_window((left, right), max_seqlen_q, max_seqlen_k)
-    if backend == "torch":
-        return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                                max_seqlen_q, max_seqlen_k, scale, False,
-                                                (left, right), float(softcap), return_lse,
-                                                deterministic)
-    out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale,
-                       left, right, float(softcap), deterministic, backend)
-    return (out, lse) if return_lse else out
+    return _run(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q,
+                max_seqlen_k, params, return_lse, backend)

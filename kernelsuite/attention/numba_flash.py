@@ -40,11 +40,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from ._params import LN2, LOG2E, UNBOUNDED, AttnParams
 from .reference import lse_dtype
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
-UNBOUNDED = 1 << 30  # an unbounded window side (-1): further than any sequence
 BLOCK_M = 64  # query rows per tile (the forward takes 128 when there is no mask: +3-8%)
 BLOCK_N = 64  # keys per tile
 KC = 64  # reduction length per microkernel call: keeps the B panel in L1
@@ -199,38 +197,37 @@ def _tanh(x):
     return np.tanh(x)
 
 
-@overload(_exp2, fastmath=FASTMATH)
-def _exp2_impl(x):
-    if x != types.float32:
-        return lambda x: np.exp2(x)
+def _float32_version(func):
+    """Decorator: in Numba code, func (one of the above) of a float32 runs the decorated
+    function (fast-math polynomials); of another type, func's own numpy body (libm)."""
 
-    def exp2_f32(x):
-        # 2**x = 2**n * 2**f with n = round(x), |f| <= 1/2; 2**n built from its exponent
-        # bits. Below -126.5, n = -127 gives exponent bits 0: the result is exactly 0.
-        # Valid for x < 128 (softmax arguments are <= 0; _tanh clamps its own).
-        xc = max(x, np.float32(-127.0))
-        n = np.rint(xc)
-        f = xc - n
-        p = (((((_C5 * f + _C4) * f + _C3) * f + _C2) * f + _C1) * f + _C0)
-        y = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-        return y if x == x else x  # a NaN score stays NaN (the clamp above would hide it)
+    def register(f32):
+        overload(func, fastmath=FASTMATH)(lambda x: f32 if x == types.float32 else func)
+        return f32
 
-    return exp2_f32
+    return register
 
 
-@overload(_tanh, fastmath=FASTMATH)
-def _tanh_impl(x):
-    if x != types.float32:
-        return lambda x: np.tanh(x)
+@_float32_version(_exp2)
+def _exp2_f32(x):
+    # 2**x = 2**n * 2**f with n = round(x), |f| <= 1/2; 2**n built from its exponent
+    # bits. Below -126.5, n = -127 gives exponent bits 0: the result is exactly 0.
+    # Valid for x < 128 (softmax arguments are <= 0; _tanh clamps its own).
+    xc = max(x, np.float32(-127.0))
+    n = np.rint(xc)
+    f = xc - n
+    p = (((((_C5 * f + _C4) * f + _C3) * f + _C2) * f + _C1) * f + _C0)
+    y = p * _f32_from_bits(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
+    return y if x == x else x  # a NaN score stays NaN (the clamp above would hide it)
 
-    def tanh_f32(x):
-        # 1 - 2 / (e^(2x) + 1), absolute error ~1e-7; |x| >= 10 is +-1 in float32
-        xc = min(max(x, np.float32(-10.0)), np.float32(10.0))
-        y = np.float32(1.0) - np.float32(2.0) / (_exp2(xc * np.float32(2.0 * LOG2E))
-                                                + np.float32(1.0))
-        return y if x == x else x
 
-    return tanh_f32
+@_float32_version(_tanh)
+def _tanh_f32(x):
+    # 1 - 2 / (e^(2x) + 1), absolute error ~1e-7; |x| >= 10 is +-1 in float32
+    xc = min(max(x, np.float32(-10.0)), np.float32(10.0))
+    y = np.float32(1.0) - np.float32(2.0) / (_exp2(xc * np.float32(2.0 * LOG2E))
+                                            + np.float32(1.0))
+    return y if x == x else x
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -508,8 +505,7 @@ class _Problem:
     """One attention call in the kernels' terms: (T, H, d) token views (dense inputs are
     varlen with equal lengths), int64 cu_seqlens, the compute dtype, scales in log2 units."""
 
-    def __init__(self, q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left,
-                 window_right, softcap):
+    def __init__(self, q, k, cu_seqlens_q, cu_seqlens_k, params: AttnParams):
         self.varlen = cu_seqlens_q is not None
         self.q_shape = q.shape
         if self.varlen:
@@ -523,16 +519,10 @@ class _Problem:
         self.ftype = np.float64 if self.dtype == torch.float64 else np.float32
         self.heads_q, self.heads_kv = q.shape[-2], k.shape[-2]
         self.group = self.heads_q // self.heads_kv
-        self.window = (UNBOUNDED if window_left < 0 else window_left,
-                       UNBOUNDED if window_right < 0 else window_right)
-        # q.k * qk_scale is the score in log2 units, or with softcap the tanh argument:
-        # scores = softcap * tanh(qk * scale / softcap)
-        if softcap > 0:
-            qk_scale, self.cap = softmax_scale / softcap, self.ftype(softcap * LOG2E)
-        else:
-            qk_scale, self.cap = softmax_scale * LOG2E, self.ftype(0.0)
-        self.qk_scale = self.ftype(qk_scale)
-        self.scale = softmax_scale
+        self.window = params.kernel_window
+        self.qk_scale = self.ftype(params.qk_scale)  # see AttnParams.qk_scale
+        self.cap = self.ftype(params.cap_log2)
+        self.scale = params.softmax_scale
 
     def tokens(self, x):
         """(T, H, d) tensor in the compute dtype with unit-stride rows: a view when possible."""
@@ -575,8 +565,8 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     """Returns (out, lse); lse (batch, heads, seqlen_q) or (heads, total_q), float32 (float64
     for float64 inputs, as the reference). out and lse may be given (contiguous, those
     shapes): tests poison them to check every write."""
-    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left, window_right,
-                 softcap)
+    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k,
+                 AttnParams(softmax_scale, window_left, window_right, softcap))
     _set_threads()
     qt, kt_, vt_ = P.tokens(q), P.tokens(k), P.tokens(v)
     if out is not None and out.dtype == P.dtype:
@@ -603,8 +593,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
              dq=None, dk=None, dv=None):
     """Returns (dq, dk, dv); dlse (the gradient of the returned LSE) may be None. Always
     deterministic: every output element is summed by one thread in a fixed order."""
-    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k, softmax_scale, window_left, window_right,
-                 softcap)
+    P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k,
+                 AttnParams(softmax_scale, window_left, window_right, softcap, deterministic))
     _set_threads()
     qt, kt_, vt_, ot, dot = (P.tokens(x) for x in (q, k, v, out, dout))
     delta = (dot * ot).sum(-1).transpose(0, 1)  # (Hq, Tq)

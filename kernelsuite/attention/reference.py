@@ -13,18 +13,12 @@ import math
 
 import torch
 
+from ._params import bounded_window
+
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
     """The log-sum-exp is float32 (flash-attn), float64 for float64 inputs."""
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def bounded_window(window_size, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
-    """(left, right) with -1 for a side that reaches every key anyway: a left window of at
-    least seqlen_k, a right one of at least seqlen_q (so that huge windows, 2**63 - 1 say,
-    never enter index arithmetic)."""
-    left, right = window_size
-    return (-1 if left >= seqlen_k else left), (-1 if right >= seqlen_q else right)
 
 
 def visible_mask(seqlen_q: int, seqlen_k: int, causal: bool, window_size, device=None) -> torch.Tensor:
