@@ -22,16 +22,14 @@ import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
+from .._checks import interpreting
+from ._params import LN2, LOG2E, AttnParams
+
 # kernels may only read constexpr globals
 _LOG2E = tl.constexpr(LOG2E)
 _LN2 = tl.constexpr(LN2)
-# An unbounded window side (-1) becomes this many positions: larger than any sequence, small
-# enough that index arithmetic on it stays inside int32.
-UNBOUNDED = 1 << 30
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+INTERPRET = interpreting()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -118,33 +116,6 @@ def _scores(qk, qk_scale, cap_log2, SOFTCAP: tl.constexpr):
 # ----------------------------------------------------------------------------- forward
 
 
-@triton.jit
-def _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, end, rows, offs_n, offs_d,
-               seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
-               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-               MASK: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
-    for n0 in range(start, end, BLOCK_N):
-        cols = n0 + offs_n
-        k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
-        v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
-        s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
-                        SOFTCAP)
-        if MASK:
-            s = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
-                         s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row that has seen no key yet has max -inf: shift by 0 so exp2 gives 0, not NaN.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)  # online-softmax rescale of what came before
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-        m_i = m_new
-    return acc, m_i, l_i
-
-
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
 def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
@@ -179,24 +150,36 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     off = seqlen_k - seqlen_q  # bottom-right alignment: row i sits at key position i + off
-    start, full_start, full_end, end = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off,
-                                             win_left, win_right, seqlen_k, BLOCK_N)
+    spans = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off, win_left, win_right, seqlen_k,
+                  BLOCK_N)
     # rows with no key in their window (one predicate per row, not four scalars, stays live)
     blind = (tl.minimum(seqlen_k, rows + off + win_right + 1)
              <= tl.maximum(rows + off - win_left, 0))
-    # left edge of a sliding window, the unmasked middle, then the diagonal / right edge / tail
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, start, full_start,
-                               rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                               SOFTCAP, DOT_PREC)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_start,
-                               full_end, rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, False,
-                               SOFTCAP, DOT_PREC)
-    acc, m_i, l_i = _fwd_inner(acc, m_i, l_i, q, K, V, stride_ks, stride_vs, full_end, end,
-                               rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left,
-                               win_right, qk_scale, cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True,
-                               SOFTCAP, DOT_PREC)
+    # The key blocks in three parts, unrolled at compile time (part is a constexpr): 0 the
+    # left edge of a sliding window, 1 the blocks every row sees whole, 2 the diagonal /
+    # right edge / tail. All but part 1 need the mask.
+    for part in tl.static_range(3):
+        for n0 in range(spans[part], spans[part + 1], BLOCK_N):
+            cols = n0 + offs_n
+            k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k,
+                           offs_d, HEAD_DIM, BLOCK_D, part != 1)
+            v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k,
+                           offs_d, HEAD_DIM, BLOCK_D, part != 1)
+            s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale,
+                            cap_log2, SOFTCAP)
+            if part != 1:
+                s = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
+                             s, float("-inf"))
+            # Online softmax: m_i is the running row max, l_i the sum of exp2(s - m_i) and
+            # acc that of p @ v so far; a new max rescales both by alpha = exp2(m_old - m_new).
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            # A row that has seen no key yet has max -inf: shift by 0 so exp2 gives 0, not NaN.
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.math.exp2(s - m_use[:, None])
+            alpha = tl.math.exp2(m_i - m_use)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+            m_i = m_new
     # A row that saw no key: output 0, lse -inf. One whose visible scores were all -inf (an
     # Inf in q or k): 0 / 0 = NaN, as IEEE and SDPA give.
     empty = (l_i == 0.0) & blind
@@ -234,43 +217,6 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, CU_Q,
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     delta -= tl.load(DLSE + lse_off + rows, mask=rows < seqlen_q, other=0.0)
     tl.store(DELTA + lse_off + rows, delta, mask=rows < seqlen_q)
-
-
-@triton.jit
-def _dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ, stride_qs, stride_dos, stride_dqs,
-                start, end, cols, offs_m, offs_d, seqlen_q, seqlen_k, off, win_left, win_right,
-                qk_scale, cap_log2, sm_scale,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-                MASK: tl.constexpr, SOFTCAP: tl.constexpr, ATOMIC_DQ: tl.constexpr,
-                DOT_PREC: tl.constexpr):
-    for m0 in range(start, end, BLOCK_M):
-        rows = m0 + offs_m
-        q = _load_tile(Q + rows[:, None] * stride_qs + offs_d[None, :], rows, seqlen_q, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
-        do = _load_tile(DO + rows[:, None] * stride_dos + offs_d[None, :], rows, seqlen_q,
-                        offs_d, HEAD_DIM, BLOCK_D, MASK)
-        lse = tl.load(LSE + rows, mask=rows < seqlen_q, other=0.0) * _LOG2E
-        delta = tl.load(DELTA + rows, mask=rows < seqlen_q, other=0.0)
-        # transposed tiles (keys x queries): dK and dV accumulate over queries
-        sT, tT = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PREC), qk_scale, cap_log2,
-                         SOFTCAP)
-        pT = tl.math.exp2(sT - lse[None, :])
-        if MASK:
-            pT = tl.where(tl.trans(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left,
-                                            win_right)), pT, 0.0)
-        dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
-        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-        dsT = pT * (dpT - delta[None, :])
-        if SOFTCAP:
-            dsT = dsT * (1.0 - tT * tT)
-        dsT = dsT.to(q.dtype)
-        dk += tl.dot(dsT, q, input_precision=DOT_PREC)
-        if ATOMIC_DQ:
-            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
-            tl.atomic_add(DQ + rows[:, None] * stride_dqs + offs_d[None, :], dq,
-                          mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM),
-                          sem="relaxed")
-    return dk, dv
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
@@ -314,11 +260,10 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
     # key j is seen by query rows i with j - off - right <= i <= j - off + left
     start, full_start, full_end, end = _span(n0, tl.minimum(n0 + BLOCK_N, seqlen_k), -off,
                                              win_right, win_left, seqlen_q, BLOCK_M)
-    # A key block that runs past seqlen_k has padding columns; only the masked loop zeroes
-    # their probabilities, so send every query block through it.
+    # A key block that runs past seqlen_k has padding columns; only the masked parts zero
+    # their probabilities, so send every query block through them.
     partial = n0 + BLOCK_N > seqlen_k
-    full_start = tl.where(partial, end, full_start)
-    full_end = tl.where(partial, end, full_end)
+    spans = (start, tl.where(partial, end, full_start), tl.where(partial, end, full_end), end)
     for g in range(group):  # the query heads sharing this kv head: GQA sums in-kernel
         h = hk * group + g
         Qh = Q + h * stride_qh
@@ -326,47 +271,39 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
         DQh = DQ + h * stride_dqh
         LSEh = LSE + lse_off + h * stride_lh
         DELTAh = DELTA + lse_off + h * stride_lh
-        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
-                             stride_dqs, start, full_start, cols, offs_m, offs_d, seqlen_q,
-                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_D, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
-        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
-                             stride_dqs, full_start, full_end, cols, offs_m, offs_d, seqlen_q,
-                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_D, BLOCK_M, False, SOFTCAP, ATOMIC_DQ, DOT_PREC)
-        dk, dv = _dkdv_inner(dk, dv, k, v, Qh, DOh, LSEh, DELTAh, DQh, stride_qs, stride_dos,
-                             stride_dqs, full_end, end, cols, offs_m, offs_d, seqlen_q,
-                             seqlen_k, off, win_left, win_right, qk_scale, cap_log2, sm_scale,
-                             HEAD_DIM, BLOCK_D, BLOCK_M, True, SOFTCAP, ATOMIC_DQ, DOT_PREC)
+        # the query blocks in three parts as in the forward: only part 1 needs no mask
+        for part in tl.static_range(3):
+            for m0 in range(spans[part], spans[part + 1], BLOCK_M):
+                rows = m0 + offs_m
+                q = _load_tile(Qh + rows[:, None] * stride_qs + offs_d[None, :], rows, seqlen_q,
+                               offs_d, HEAD_DIM, BLOCK_D, part != 1)
+                do = _load_tile(DOh + rows[:, None] * stride_dos + offs_d[None, :], rows,
+                                seqlen_q, offs_d, HEAD_DIM, BLOCK_D, part != 1)
+                lse = tl.load(LSEh + rows, mask=rows < seqlen_q, other=0.0) * _LOG2E
+                delta = tl.load(DELTAh + rows, mask=rows < seqlen_q, other=0.0)
+                # transposed tiles (keys x queries): dK and dV accumulate over queries
+                sT, tT = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PREC), qk_scale,
+                                 cap_log2, SOFTCAP)
+                pT = tl.math.exp2(sT - lse[None, :])
+                if part != 1:
+                    pT = tl.where(tl.trans(_visible(rows, cols, seqlen_q, seqlen_k, off,
+                                                    win_left, win_right)), pT, 0.0)
+                dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
+                dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+                dsT = pT * (dpT - delta[None, :])
+                if SOFTCAP:
+                    dsT = dsT * (1.0 - tT * tT)
+                dsT = dsT.to(q.dtype)
+                dk += tl.dot(dsT, q, input_precision=DOT_PREC)
+                if ATOMIC_DQ:
+                    dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PREC) * sm_scale
+                    tl.atomic_add(DQh + rows[:, None] * stride_dqs + offs_d[None, :], dq,
+                                  mask=(rows[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM),
+                                  sem="relaxed")
     tl.store(DK + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(
         DK.dtype.element_ty), mask=kv_ok)
     tl.store(DV + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty),
              mask=kv_ok)
-
-
-@triton.jit
-def _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, end, rows, offs_n,
-              offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale, cap_log2,
-              HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-              MASK: tl.constexpr, SOFTCAP: tl.constexpr, DOT_PREC: tl.constexpr):
-    for n0 in range(start, end, BLOCK_N):
-        cols = n0 + offs_n
-        k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
-        v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k, offs_d,
-                       HEAD_DIM, BLOCK_D, MASK)
-        s, t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
-                       SOFTCAP)
-        p = tl.math.exp2(s - lse[:, None])
-        if MASK:
-            p = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
-                         p, 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-    return dq
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
@@ -405,17 +342,27 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     delta = tl.load(DELTA + lse_off + rows, mask=rows < seqlen_q, other=0.0)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     off = seqlen_k - seqlen_q
-    start, full_start, full_end, end = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off,
-                                             win_left, win_right, seqlen_k, BLOCK_N)
-    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, start, full_start, rows,
-                   offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True, SOFTCAP, DOT_PREC)
-    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_start, full_end,
-                   rows, offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, False, SOFTCAP, DOT_PREC)
-    dq = _dq_inner(dq, q, do, lse, delta, K, V, stride_ks, stride_vs, full_end, end, rows,
-                   offs_n, offs_d, seqlen_q, seqlen_k, off, win_left, win_right, qk_scale,
-                   cap_log2, HEAD_DIM, BLOCK_D, BLOCK_N, True, SOFTCAP, DOT_PREC)
+    spans = _span(m0, tl.minimum(m0 + BLOCK_M, seqlen_q), off, win_left, win_right, seqlen_k,
+                  BLOCK_N)
+    # the key blocks in three parts as in the forward: only part 1 needs no mask
+    for part in tl.static_range(3):
+        for n0 in range(spans[part], spans[part + 1], BLOCK_N):
+            cols = n0 + offs_n
+            k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k,
+                           offs_d, HEAD_DIM, BLOCK_D, part != 1)
+            v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k,
+                           offs_d, HEAD_DIM, BLOCK_D, part != 1)
+            s, t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
+                           SOFTCAP)
+            p = tl.math.exp2(s - lse[:, None])
+            if part != 1:
+                p = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
+                             p, 0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            ds = p * (dp - delta[:, None])
+            if SOFTCAP:
+                ds = ds * (1.0 - t * t)
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
     tl.store(DQ + rows[:, None] * stride_dqs + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=q_ok)
 
@@ -542,8 +489,7 @@ def _unit_last(x):
 class _Launch:
     """Launch arguments shared by every kernel of one attention call."""
 
-    def __init__(self, q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale,
-                 window_left, window_right, softcap):
+    def __init__(self, q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, params: AttnParams):
         self.varlen = cu_seqlens_q is not None
         if self.varlen:
             self.batch = cu_seqlens_q.numel() - 1
@@ -552,18 +498,13 @@ class _Launch:
         self.max_seqlen_q, self.max_seqlen_k = max_seqlen_q, max_seqlen_k
         self.heads_q, self.heads_kv = q.shape[-2], k.shape[-2]
         self.group = self.heads_q // self.heads_kv
-        self.win_left = UNBOUNDED if window_left < 0 else min(window_left, UNBOUNDED)
-        self.win_right = UNBOUNDED if window_right < 0 else min(window_right, UNBOUNDED)
-        if softcap > 0:  # scores = softcap * tanh(qk * scale / softcap), in log2 units
-            qk_scale, cap_log2 = softmax_scale / softcap, softcap * LOG2E
-        else:
-            qk_scale, cap_log2 = softmax_scale * LOG2E, 0.0
+        self.window = params.kernel_window  # (win_left, win_right)
         seq_key = max(128, triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k, 1)))
         # (qk_scale, cap_log2, sm_scale, seq_key): the float tail of the backward kernels
-        self.scales = (qk_scale, cap_log2, softmax_scale, seq_key)
+        self.scales = (params.qk_scale, params.cap_log2, params.softmax_scale, seq_key)
         self.constexprs = dict(
             HEAD_DIM=q.shape[-1], BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
-            IS_VARLEN=self.varlen, SOFTCAP=softcap > 0,
+            IS_VARLEN=self.varlen, SOFTCAP=params.softcap > 0,
             # float32 inputs get true float32 products: tf32 would cost ~3e-4 relative error
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
@@ -577,9 +518,6 @@ class _Launch:
         """LSE is (batch, heads, seqlen) dense, (heads, total) varlen; rows are contiguous."""
         return (0, lse.stride(0)) if self.varlen else (lse.stride(0), lse.stride(1))
 
-    def window(self):
-        return (self.win_left, self.win_right)
-
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
             window_left, window_right, softcap, out=None, lse=None):
@@ -589,8 +527,8 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     every element is written.
     """
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
-                window_right, softcap)
+    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
+                AttnParams(softmax_scale, window_left, window_right, softcap))
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if lse is None:
@@ -602,7 +540,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     qk_scale, cap_log2, _, seq_key = L.scales
     _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *L.strides(q), *L.strides(k),
                *L.strides(v), *L.strides(out), *L.lse_strides(lse), L.max_seqlen_q,
-               L.max_seqlen_k, L.heads_q, L.group, *L.window(), qk_scale, cap_log2, seq_key,
+               L.max_seqlen_k, L.heads_q, L.group, *L.window, qk_scale, cap_log2, seq_key,
                **L.constexprs)
     return out, lse
 
@@ -617,8 +555,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     be given (contiguous, shaped like q, k, v).
     """
     q, k, v, out, dout = (_unit_last(t) for t in (q, k, v, out, dout))
-    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
-                window_right, softcap)
+    L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
+                AttnParams(softmax_scale, window_left, window_right, softcap, deterministic))
     dq_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
@@ -638,7 +576,7 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     _bwd_dkdv[grid](q, k, v, dout, lse, delta, dk, dv, dq, cu_seqlens_q, cu_seqlens_k,
                     *L.strides(q), *L.strides(k), *L.strides(v), *L.strides(dout),
                     *L.strides(dk), *L.strides(dv), *L.strides(dq), *L.lse_strides(lse),
-                    L.max_seqlen_q, L.max_seqlen_k, L.heads_kv, L.group, *L.window(),
+                    L.max_seqlen_q, L.max_seqlen_k, L.heads_kv, L.group, *L.window,
                     *L.scales, ATOMIC_DQ=not deterministic, **L.constexprs)
     if not deterministic:
         return dq_out.copy_(dq), dk, dv
@@ -646,5 +584,5 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     _bwd_dq[grid](q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, *L.strides(q),
                   *L.strides(k), *L.strides(v), *L.strides(dout), *L.strides(dq),
                   *L.lse_strides(lse), L.max_seqlen_q, L.max_seqlen_k, L.heads_q, L.group,
-                  *L.window(), *L.scales, **L.constexprs)
+                  *L.window, *L.scales, **L.constexprs)
     return dq, dk, dv
