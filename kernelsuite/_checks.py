@@ -6,6 +6,7 @@ caller sees which of its arguments is wrong.
 
 from __future__ import annotations
 
+import operator
 import os
 
 import numpy as np
@@ -16,6 +17,17 @@ SEED_RANGE = 2**63  # torch.Generator.manual_seed takes [-2^63, 2^64): seed + ep
 def is_int(value) -> bool:
     """An int or numpy integer, and not a bool (True is not 1 here)."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def as_index(value) -> int | None:
+    """value as an int where Python would index with it (int, numpy integer, a 0-dim
+    integer tensor: anything with __index__), None otherwise; bools are not ints here."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def positive_int(value, name: str, maximum: int | None = None, maximum_text: str = "") -> int:

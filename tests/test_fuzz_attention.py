@@ -136,13 +136,15 @@ def test_numba_non_finite_reaches_exactly_its_dependents(p, where, value, data):
 
 BAD_VALUES = {  # argument: values that must be refused with TypeError or ValueError
     "softmax_scale": [0.0, -1.0, math.nan, math.inf, "1", True, 1j],
-    "causal": [1, None, "yes", 0.0],
+    "causal": [2, -1, None, "yes", 0.0],  # flash-attn's callers pass bools or 0/1
     "window_size": [(-2, 0), (0,), (1, 2, 3), (1.5, 0), (2**63, 0), (0, -2**70), "ab", None,
                     (True, 0), 5],
     "softcap": [-1.0, math.nan, math.inf, "2", None, True],
-    "return_lse": [1, None, "no"],
-    "deterministic": [0, None],
-    "backend": ["cuda", "", None, 3, "NUMBA"],
+    "return_lse": [2, None, "no"],
+    "return_attn_probs": [2, None, "no"],
+    "deterministic": [-1, None],
+    "dropout_p": [-0.1, 1.0, math.nan, "0", None, True],
+    "backend": ["cuda", "", 3, "NUMBA"],
 }
 
 

@@ -15,6 +15,11 @@ import math
 import numbers
 from dataclasses import dataclass, replace
 
+import numpy as np
+import torch
+
+from .._checks import as_index
+
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
 INT64_MAX = 2**63 - 1
@@ -23,9 +28,30 @@ INT64_MAX = 2**63 - 1
 UNBOUNDED = 1 << 30
 
 
-def check_flag(name, value):
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+def check_flag(name, value) -> bool:
+    """A flag: a bool, or 0/1 as flash-attn's callers pass them (numpy bools, ints)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if as_index(value) not in (0, 1):
+        raise TypeError(f"{name} must be a bool (or 0/1), got {value!r}")
+    return bool(as_index(value))
+
+
+def check_unsupported(dropout_p, alibi_slopes) -> None:
+    """flash-attn's dropout_p (a probability in [0, 1)) and alibi_slopes (None or a tensor):
+    checked, then NotImplementedError while the kernels have neither, so that no call gets
+    a different answer than flash-attn's."""
+    if (not isinstance(dropout_p, numbers.Real) or isinstance(dropout_p, bool)
+            or not 0 <= dropout_p < 1):
+        raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0:
+        raise NotImplementedError(f"dropout_p={dropout_p}: kernelsuite attention has no "
+                                  "dropout yet (pass 0.0, the inference default)")
+    if alibi_slopes is not None:
+        if not isinstance(alibi_slopes, torch.Tensor):
+            raise TypeError(f"alibi_slopes must be None or a tensor (heads,) or (batch, "
+                            f"heads), got {type(alibi_slopes).__name__}")
+        raise NotImplementedError("alibi_slopes: kernelsuite attention has no ALiBi yet")
 
 
 def bounded_window(window_size, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
@@ -57,17 +83,17 @@ class AttnParams:
               or not math.isfinite(softmax_scale) or softmax_scale <= 0):
             raise ValueError("softmax_scale must be a finite number > 0 or None, got "
                              f"{softmax_scale!r}")
-        check_flag("causal", causal)
-        check_flag("deterministic", deterministic)
+        causal = check_flag("causal", causal)
+        deterministic = check_flag("deterministic", deterministic)
         if (not isinstance(window_size, (tuple, list)) or len(window_size) != 2
-                or not all(isinstance(w, numbers.Integral) and not isinstance(w, bool)
-                           and -1 <= w <= INT64_MAX for w in window_size)):
+                or not all(as_index(w) is not None and -1 <= as_index(w) <= INT64_MAX
+                           for w in window_size)):
             raise ValueError("window_size must be a pair (left, right) of ints in "
                              f"[-1, 2**63 - 1] (-1 = unbounded), got {window_size!r}")
         if (not isinstance(softcap, numbers.Real) or isinstance(softcap, bool)
                 or not math.isfinite(softcap) or softcap < 0):
             raise ValueError(f"softcap must be a finite number >= 0 (0 = off), got {softcap!r}")
-        left, right = (int(w) for w in window_size)
+        left, right = (as_index(w) for w in window_size)
         return cls(float(softmax_scale), left, 0 if causal else right, float(softcap),
                    deterministic)
 

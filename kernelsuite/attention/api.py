@@ -9,14 +9,13 @@ either device.
 
 from __future__ import annotations
 
-import numbers
 from typing import Optional
 
 import torch
 
-from .._checks import resolve_backend
+from .._checks import as_index, resolve_backend
 from . import reference
-from ._params import AttnParams, check_flag
+from ._params import AttnParams, check_flag, check_unsupported
 
 BACKENDS = ("auto", "triton", "numba", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -50,9 +49,9 @@ def _check_tensors(q, k, v, backend, varlen):
     if not varlen and k.shape[0] != q.shape[0]:
         raise ValueError(f"k has batch {k.shape[0]} but q has batch {q.shape[0]}")
     head_dim = q.shape[-1]
-    if head_dim % 8 or not HEAD_DIM_MIN <= head_dim <= HEAD_DIM_MAX:
-        raise ValueError(f"head_dim (q.shape[-1]) must be a multiple of 8 in "
-                         f"[{HEAD_DIM_MIN}, {HEAD_DIM_MAX}], got {head_dim}")
+    if not 1 <= head_dim <= HEAD_DIM_MAX:
+        raise ValueError(f"head_dim (q.shape[-1]) must be in [1, {HEAD_DIM_MAX}], got "
+                         f"{head_dim}")
     if k.shape[-1] != head_dim:
         raise ValueError(f"k.shape[-1] ({k.shape[-1]}) must equal q's head_dim ({head_dim})")
     heads_q, heads_kv = q.shape[-2], k.shape[-2]
@@ -91,8 +90,9 @@ def _check_max_seqlen(name, value, lengths, total):
     """Returns the bound the kernels use: the longest sequence (eager) or, when the values
     cannot be read (torch.compile), value capped at the number of tokens. Kernels size their
     grids by it, so a loose max_seqlen (2**40 for 3-token sequences) costs nothing."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    if as_index(value) is None:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = as_index(value)
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
     if lengths is None:
@@ -188,66 +188,100 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------- public API
 
 
-def _checked(q, k, v, backend, varlen, softmax_scale, causal, window_size, softcap,
-             return_lse, deterministic):
+def _checked(q, k, v, backend, varlen, dropout_p, softmax_scale, causal, window_size,
+             softcap, alibi_slopes, deterministic, return_attn_probs, return_lse):
     """(backend, AttnParams) of a call whose tensors and settings are valid."""
-    backend = _resolve_backend(backend, q)
+    backend = _resolve_backend("auto" if backend is None else backend, q)
     _check_tensors(q, k, v, backend, varlen)
     params = AttnParams.make(softmax_scale, causal, window_size, softcap, deterministic,
                              q.shape[-1])
+    check_unsupported(dropout_p, alibi_slopes)
+    check_flag("return_attn_probs", return_attn_probs)
     check_flag("return_lse", return_lse)
     return backend, params
 
 
+def _kernel_head_dim(head_dim: int) -> int:
+    """The head_dim the kernels run: a multiple of 8, at least HEAD_DIM_MIN (flash-attn
+    pads 59 or 111 the same way: zero columns change no score and give zero outputs)."""
+    return max(HEAD_DIM_MIN, -(-head_dim // 8) * 8)
+
+
 def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
-         return_lse, backend):
-    """A checked call on its backend: the reference for "torch", else the custom op."""
+         return_attn_probs, return_lse, backend):
+    """A checked call on its backend (the reference for "torch", else the custom op), with
+    what flash-attn returns: out; (out, softmax_lse, None) with return_attn_probs (the
+    dropout mask S_dmask exists only with dropout); (out, lse) with return_lse."""
     params = params.bounded(max_seqlen_q, max_seqlen_k)
     if backend == "torch":
         settings = dict(softmax_scale=params.softmax_scale, window_size=params.window,
-                        softcap=params.softcap, return_lse=return_lse,
-                        deterministic=params.deterministic)
+                        softcap=params.softcap, deterministic=params.deterministic,
+                        return_lse=True)
         if cu_seqlens_q is None:
-            return reference.flash_attn_func(q, k, v, **settings)
-        return reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                                max_seqlen_q, max_seqlen_k, **settings)
-    out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                       *params.op_args(), backend)
+            out, lse = reference.flash_attn_func(q, k, v, **settings)
+        else:
+            out, lse = reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                        max_seqlen_q, max_seqlen_k, **settings)
+    else:
+        head_dim = q.shape[-1]
+        pad = _kernel_head_dim(head_dim) - head_dim
+        if pad:
+            q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
+        out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                           *params.op_args(), backend)
+        out = out[..., :head_dim] if pad else out
+    if return_attn_probs:
+        return out, lse, None
     return (out, lse) if return_lse else out
 
 
-def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1),
-                    softcap=0.0, return_lse=False, deterministic=False, backend="auto"):
-    """Attention over (batch, seqlen, heads, head_dim) tensors, flash-attn conventions.
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False, *, backend=None, return_lse=False):
+    """Attention over (batch, seqlen, heads, head_dim) tensors: flash-attn 2.8's
+    flash_attn_func, positional order included.
 
     q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d) with heads_q a
-    multiple of heads_kv (GQA/MQA). causal masks are aligned bottom-right; window_size =
-    (left, right), -1 unbounded; softcap > 0 applies softcap * tanh(scores / softcap).
-    Returns out like q, and the float32 log-sum-exp (batch, heads_q, seqlen_q) when
-    return_lse (its gradient is supported; float64 for float64 inputs). deterministic=True
-    makes the Triton backward bitwise reproducible (slightly slower; Numba's always is).
-    backend: "triton" (CUDA), "numba" (CPU; float64 too), "torch" (the reference, any
-    device, float64 too) or "auto" (Triton on CUDA, Numba on CPU). The Numba backend uses
-    torch.get_num_threads() threads.
+    multiple of heads_kv (GQA/MQA); d up to 256 (kernels pad it to a multiple of 8).
+    causal masks are aligned bottom-right; window_size = (left, right), -1 unbounded;
+    softcap > 0 applies softcap * tanh(scores / softcap). dropout_p must be 0 and
+    alibi_slopes None for now (NotImplementedError otherwise: the kernels have neither
+    yet). Returns out like q; with return_attn_probs (out, softmax_lse, None) as flash-attn
+    without dropout; with return_lse (project option) (out, lse): the float32 log-sum-exp
+    (batch, heads_q, seqlen_q), differentiable (float64 for float64 inputs).
+    deterministic=True makes the Triton backward bitwise reproducible (slightly slower;
+    Numba's always is). Flags take bools or 0/1; integers anything with __index__.
+    backend (keyword only): "triton" (CUDA), "numba" (CPU; float64 too), "torch" (the
+    reference, any device, float64 too) or None/"auto" (Triton on CUDA, Numba on CPU).
+    The Numba backend uses torch.get_num_threads() threads.
     """
-    backend, params = _checked(q, k, v, backend, False, softmax_scale, causal, window_size,
-                               softcap, return_lse, deterministic)
-    return _run(q, k, v, None, None, q.shape[1], k.shape[1], params, return_lse, backend)
+    backend, params = _checked(q, k, v, backend, False, dropout_p, softmax_scale, causal,
+                               window_size, softcap, alibi_slopes, deterministic,
+                               return_attn_probs, return_lse)
+    return _run(q, k, v, None, None, q.shape[1], k.shape[1], params, return_attn_probs,
+                return_lse, backend)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                           return_lse=False, deterministic=False, backend="auto"):
-    """Attention over packed sequences, flash-attn's varlen conventions.
+                           dropout_p=0.0, softmax_scale=None, causal=False,
+                           window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *,
+                           backend=None, return_lse=False):
+    """Attention over packed sequences: flash-attn 2.8's flash_attn_varlen_func.
 
     q (total_q, heads_q, d); k, v (total_k, heads_kv, d); cu_seqlens_q/k int32 of length
     batch + 1 (sequence b is rows cu[b]:cu[b+1]; empty sequences allowed); max_seqlen_q/k at
-    least the longest sequence. Each sequence attends only to itself. Returns out like q, and
-    the float32 log-sum-exp (heads_q, total_q) when return_lse. Other arguments as
-    :func:`flash_attn_func`.
+    least the longest sequence (ints, numpy ints or 0-dim tensors). Each sequence attends
+    only to itself. Returns out like q, and the float32 log-sum-exp (heads_q, total_q) with
+    return_lse or return_attn_probs. block_table (a paged KV cache) is not supported yet
+    (NotImplementedError). Other arguments as :func:`flash_attn_func`.
     """
-    backend, params = _checked(q, k, v, backend, True, softmax_scale, causal, window_size,
-                               softcap, return_lse, deterministic)
+    if block_table is not None:
+        raise NotImplementedError("block_table: paged KV caches are not supported yet (they "
+                                  "come with flash_attn_with_kvcache)")
+    backend, params = _checked(q, k, v, backend, True, dropout_p, softmax_scale, causal,
+                               window_size, softcap, alibi_slopes, deterministic,
+                               return_attn_probs, return_lse)
     lengths_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     lengths_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device,
                                   batch=cu_seqlens_q.numel() - 1)
@@ -255,4 +289,62 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k, k.shape[0])
     # the Triton kernels read cu_seqlens as raw memory: a strided view must be copied
     return _run(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q,
-                max_seqlen_k, params, return_lse, backend)
+                max_seqlen_k, params, return_attn_probs, return_lse, backend)
+
+
+def _unpacked(name, packed, parts, dim):
+    """The `parts` tensors packed along `dim` of a flash-attn packed argument (qkv: 3, kv:
+    2), as views, so gradients reach the packed tensor."""
+    if not isinstance(packed, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(packed).__name__}")
+    if packed.ndim != dim + 3 or packed.shape[dim] != parts:
+        layout = ("(batch, seqlen, " if dim == 2 else "(total, ") + f"{parts}, heads, head_dim)"
+        raise ValueError(f"{name} must be {layout}, got shape {tuple(packed.shape)}")
+    return packed.unbind(dim)
+
+
+def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False,
+                              window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                              deterministic=False, return_attn_probs=False, *, backend=None,
+                              return_lse=False):
+    """flash_attn_func on qkv (batch, seqlen, 3, heads, head_dim), as flash-attn's."""
+    return flash_attn_func(*_unpacked("qkv", qkv, 3, 2), dropout_p, softmax_scale, causal,
+                           window_size, softcap, alibi_slopes, deterministic,
+                           return_attn_probs, backend=backend, return_lse=return_lse)
+
+
+def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False,
+                             window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                             deterministic=False, return_attn_probs=False, *, backend=None,
+                             return_lse=False):
+    """flash_attn_func on q and kv (batch, seqlen_k, 2, heads_kv, head_dim), as
+    flash-attn's."""
+    return flash_attn_func(q, *_unpacked("kv", kv, 2, 2), dropout_p, softmax_scale, causal,
+                           window_size, softcap, alibi_slopes, deterministic,
+                           return_attn_probs, backend=backend, return_lse=return_lse)
+
+
+def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
+                                     softmax_scale=None, causal=False, window_size=(-1, -1),
+                                     softcap=0.0, alibi_slopes=None, deterministic=False,
+                                     return_attn_probs=False, *, backend=None,
+                                     return_lse=False):
+    """flash_attn_varlen_func on qkv (total, 3, heads, head_dim), as flash-attn's."""
+    return flash_attn_varlen_func(*_unpacked("qkv", qkv, 3, 1), cu_seqlens, cu_seqlens,
+                                  max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
+                                  window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs, backend=backend, return_lse=return_lse)
+
+
+def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                    max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+                                    causal=False, window_size=(-1, -1), softcap=0.0,
+                                    alibi_slopes=None, deterministic=False,
+                                    return_attn_probs=False, *, backend=None,
+                                    return_lse=False):
+    """flash_attn_varlen_func on q and kv (total_k, 2, heads_kv, head_dim), as
+    flash-attn's."""
+    return flash_attn_varlen_func(q, *_unpacked("kv", kv, 2, 1), cu_seqlens_q, cu_seqlens_k,
+                                  max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                                  window_size, softcap, alibi_slopes, deterministic,
+                                  return_attn_probs, backend=backend, return_lse=return_lse)

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._params import bounded_window
+from ._params import bounded_window, check_unsupported
 
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,14 +90,18 @@ class _PV(torch.autograd.Function):
         return dp.masked_fill(~mask, 0), dv, None
 
 
-def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    return_lse=False, deterministic=False):
-    """q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d).
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False, *, return_lse=False):
+    """q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d); the signature
+    of kernelsuite.attention.flash_attn_func (flash-attn 2.8's).
 
-    Returns out (like q), and the float32 log-sum-exp (batch, heads_q, seqlen_q) when
-    return_lse. ``deterministic`` is accepted for signature parity; this code is always
-    deterministic.
+    Returns out (like q); the float32 log-sum-exp (batch, heads_q, seqlen_q) with it when
+    return_lse, and (out, lse, None) when return_attn_probs. dropout_p must be 0 and
+    alibi_slopes None for now. ``deterministic`` is accepted for signature parity; this code
+    is always deterministic. Arguments are not checked further: the public functions do.
     """
+    check_unsupported(dropout_p, alibi_slopes)
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
     if softmax_scale is None:
@@ -135,30 +139,37 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, window_size=(-1, 
     denom = torch.where(empty, torch.ones_like(denom), denom)
     p = (e / denom).masked_fill(~mask, 0)  # exactly 0 where hidden, even in a NaN row
     out = _PV.apply(p.to(vh.dtype), vh, mask).transpose(1, 2).to(q.dtype)
-    if not return_lse:
+    if not (return_lse or return_attn_probs):
         return out
     lse = (row_max + torch.log(denom)).masked_fill(empty, float("-inf")).squeeze(-1)
-    return out, lse.to(acc_dtype)
+    return (out, lse.to(acc_dtype)) + ((None,) if return_attn_probs else ())
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                           return_lse=False, deterministic=False):
+                           dropout_p=0.0, softmax_scale=None, causal=False,
+                           window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
+                           deterministic=False, return_attn_probs=False, block_table=None, *,
+                           return_lse=False):
     """q (total_q, heads_q, d); k, v (total_k, heads_kv, d); int32 cu_seqlens of length batch+1.
 
-    Each sequence is attended to on its own with :func:`flash_attn_func`. Returns out (like q),
-    and the float32 log-sum-exp (heads_q, total_q) when return_lse.
+    Each sequence is attended to on its own with :func:`flash_attn_func`. Returns out (like
+    q), and the float32 log-sum-exp (heads_q, total_q) when return_lse (and None after it
+    when return_attn_probs). block_table is not supported yet.
     """
+    if block_table is not None:
+        raise NotImplementedError("block_table: paged KV caches are not supported yet")
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
     outs, lses = [], []
     for b in range(len(cq) - 1):
         o, lse = flash_attn_func(q[None, cq[b]:cq[b + 1]], k[None, ck[b]:ck[b + 1]],
-                                 v[None, ck[b]:ck[b + 1]], softmax_scale, causal, window_size,
-                                 softcap, return_lse=True)
+                                 v[None, ck[b]:ck[b + 1]], dropout_p,
+                                 softmax_scale=softmax_scale, causal=causal,
+                                 window_size=window_size, softcap=softcap,
+                                 alibi_slopes=alibi_slopes, return_lse=True)
         outs.append(o[0])
         lses.append(lse[0])
     out = torch.cat(outs, dim=0)
-    if not return_lse:
+    if not (return_lse or return_attn_probs):
         return out
-    return out, torch.cat(lses, dim=-1)
+    return (out, torch.cat(lses, dim=-1)) + ((None,) if return_attn_probs else ())
