@@ -32,9 +32,10 @@ def check_flag(name, value) -> bool:
     """A flag: a bool, or 0/1 as flash-attn's callers pass them (numpy bools, ints)."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if as_index(value) not in (0, 1):
+    flag = as_index(value)
+    if flag not in (0, 1):
         raise TypeError(f"{name} must be a bool (or 0/1), got {value!r}")
-    return bool(as_index(value))
+    return bool(flag)
 
 
 def check_unsupported(dropout_p, alibi_slopes) -> None:

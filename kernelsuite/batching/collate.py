@@ -8,6 +8,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .._checks import is_int
 from .common import Packing, as_lengths, check_capacity
 
 IGNORE_INDEX = -100  # torch.nn.functional.cross_entropy's default ignore_index
@@ -43,7 +44,7 @@ def _token_array(tokens, i):
 
 
 def _check_id(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if not -2**63 <= value < 2**63:
         raise ValueError(f"{name} must fit int64, got {value!r}")

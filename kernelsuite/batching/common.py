@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .._checks import positive_int
+from .._checks import is_int, positive_int
 
 ALGORITHMS = ("ffd", "bfd", "greedy")
 # The most tokens a capacity, a length or the sum of the lengths may hold: below 2^62, the
@@ -184,8 +184,7 @@ def check_indices(hidden_states, indices, batch, seqlen):
             or indices.dtype not in (torch.int64, torch.int32):
         raise TypeError("indices must be a 1-D int64 or int32 tensor (as unpad_input returns)")
     for name, value in (("batch", batch), ("seqlen", seqlen)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-                or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be a non-negative int, got {value!r}")
     if batch * seqlen >= 2**63:
         raise ValueError(f"batch * seqlen = {batch * seqlen} rows do not fit int64 indices")

@@ -58,8 +58,7 @@ def resolve_rank(rank, world_size) -> tuple[int, int]:
                              "not initialised): give both")
         rank = dist.get_rank() if live else 0
     world_size = positive_int(world_size, "world_size")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
-            or not 0 <= rank < world_size:
+    if not is_int(rank) or not 0 <= rank < world_size:
         raise ValueError(f"rank must be an int in [0, world_size={world_size}), got {rank!r}")
     return int(rank), world_size
 

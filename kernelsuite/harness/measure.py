@@ -69,7 +69,7 @@ class Call:
         """The measurement: timing (default: timed here) and the peak memory of one call."""
         timing = timing or time_fn(self, self.device)
         return Result(self.case, self.impl, self.device, timing, self.peak_bytes(),
-                      self.max_error, self.info())
+                      self.info())
 
 
 def check_impl(case: Case, impl: str, device: str) -> str:
@@ -100,8 +100,7 @@ class Result:
     device: str
     timing: Timing
     peak_bytes: int | None
-    max_error: float | None
-    info: dict  # Call.info()
+    info: dict  # Call.info(): names the measurement, holds max_error and details
 
     def rates(self, with_ceiling: bool = False) -> dict:
         """Throughput at the median: see rates()."""
