@@ -1,11 +1,11 @@
-"""The attention settings (scale, window, softcap, determinism), checked and normalised once.
+"""The attention settings (scale, window, softcap, determinism, dropout), checked and normalised once.
 
 api.py turns the public arguments into an :class:`AttnParams` (``AttnParams.make``: the
 checks, the default scale, causal as a window) and bounds its window by the sequence
 lengths (``bounded``). The torch.library custom ops take plain scalars, so the object
 crosses them as ``op_args()``; the backends' forward/backward keep those scalars in their
 signatures and rebuild the object first thing (``AttnParams(scale, left, right, softcap,
-deterministic)``). What the kernels derive from it (their window in positions, the scale
+deterministic, dropout_p)``). What the kernels derive from it (their window in positions, the scale
 in log2 units, the softcap factor) is one property each, here.
 """
 
@@ -38,21 +38,27 @@ def check_flag(name, value) -> bool:
     return bool(flag)
 
 
-def check_unsupported(dropout_p, alibi_slopes) -> None:
-    """flash-attn's dropout_p (a probability in [0, 1)) and alibi_slopes (None or a tensor):
-    checked, then NotImplementedError while the kernels have neither, so that no call gets
-    a different answer than flash-attn's."""
+def check_dropout(dropout_p) -> float:
+    """flash-attn's dropout_p: a probability in [0, 1)."""
     if (not isinstance(dropout_p, numbers.Real) or isinstance(dropout_p, bool)
             or not 0 <= dropout_p < 1):
         raise ValueError(f"dropout_p must be a number in [0, 1), got {dropout_p!r}")
-    if dropout_p > 0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: kernelsuite attention has no "
-                                  "dropout yet (pass 0.0, the inference default)")
-    if alibi_slopes is not None:
-        if not isinstance(alibi_slopes, torch.Tensor):
-            raise TypeError(f"alibi_slopes must be None or a tensor (heads,) or (batch, "
-                            f"heads), got {type(alibi_slopes).__name__}")
-        raise NotImplementedError("alibi_slopes: kernelsuite attention has no ALiBi yet")
+    return float(dropout_p)
+
+
+def check_head_vector(name, x, batch, heads, device, batched=False):
+    """A float32 tensor of one value per query head, (heads,) (or (batch, heads) when
+    batched): flash-attn's alibi_slopes, or attention sinks."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be None or a tensor, got {type(x).__name__}")
+    shapes = [(heads,)] + ([(batch, heads)] if batched else [])
+    if tuple(x.shape) not in shapes:
+        raise ValueError(f"{name} must have shape {' or '.join(map(str, shapes))}, got "
+                         f"{tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{name} is on {x.device} but q is on {device}")
 
 
 def bounded_window(window_size, seqlen_q: int, seqlen_k: int) -> tuple[int, int]:
@@ -61,6 +67,12 @@ def bounded_window(window_size, seqlen_q: int, seqlen_k: int) -> tuple[int, int]
     never enter index arithmetic)."""
     left, right = window_size
     return (-1 if left >= seqlen_k else left), (-1 if right >= seqlen_q else right)
+
+
+def alibi_causal(left: int, right: int) -> bool:
+    """ALiBi's form for a bounded window: flash-attn's causal one (+ slope * col) exactly
+    when the window is (-1, 0), i.e. causal with no left bound."""
+    return left < 0 and right == 0
 
 
 @dataclass(frozen=True)
@@ -73,10 +85,11 @@ class AttnParams:
     window_right: int = -1
     softcap: float = 0.0
     deterministic: bool = False
+    dropout_p: float = 0.0
 
     @classmethod
     def make(cls, softmax_scale, causal, window_size, softcap, deterministic,
-             head_dim: int) -> AttnParams:
+             head_dim: int, dropout_p=0.0) -> AttnParams:
         """From the public arguments; ValueError or TypeError naming a bad one."""
         if softmax_scale is None:
             softmax_scale = 1.0 / math.sqrt(head_dim)
@@ -96,7 +109,7 @@ class AttnParams:
             raise ValueError(f"softcap must be a finite number >= 0 (0 = off), got {softcap!r}")
         left, right = (as_index(w) for w in window_size)
         return cls(float(softmax_scale), left, 0 if causal else right, float(softcap),
-                   deterministic)
+                   deterministic, check_dropout(dropout_p))
 
     def bounded(self, seqlen_q: int, seqlen_k: int) -> AttnParams:
         """The same with -1 for a window side that reaches every key (see bounded_window)."""
@@ -106,7 +119,13 @@ class AttnParams:
     def op_args(self) -> tuple:
         """The custom ops' scalars, in their schema order: AttnParams(*op_args()) is self."""
         return (self.softmax_scale, self.window_left, self.window_right, self.softcap,
-                self.deterministic)
+                self.deterministic, self.dropout_p)
+
+    @property
+    def alibi_causal(self) -> bool:
+        """ALiBi's form (see reference.alibi_bias) on a bounded window: flash-attn adds
+        slope * col when the window is (-1, 0), else subtracts slope * |distance|."""
+        return alibi_causal(*self.window)
 
     @property
     def window(self) -> tuple[int, int]:

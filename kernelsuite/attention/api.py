@@ -15,7 +15,8 @@ import torch
 
 from .._checks import as_index, resolve_backend
 from . import reference
-from ._params import AttnParams, check_flag, check_unsupported
+from . import _dropout
+from ._params import AttnParams, check_flag, check_head_vector
 
 BACKENDS = ("auto", "triton", "numba", "torch")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -131,17 +132,19 @@ def _kernels(backend):
 @torch.library.custom_op("kernelsuite::flash_attn_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-            max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
-            window_right: int, softcap: float, deterministic: bool, backend: str
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            alibi_slopes: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
+            softmax_scale: float, window_left: int, window_right: int, softcap: float,
+            deterministic: bool, dropout_p: float, philox_seed: int, philox_offset: int,
+            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _kernels(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                      max_seqlen_k, softmax_scale, window_left, window_right,
-                                     softcap)
+                                     softcap, dropout_p=dropout_p,
+                                     philox=(philox_seed, philox_offset),
+                                     alibi_slopes=alibi_slopes)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-      window_left, window_right, softcap, deterministic, backend):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, max_seqlen_q, max_seqlen_k, *scalars):
     if cu_seqlens_q is None:
         lse_shape = (q.shape[0], q.shape[2], q.shape[1])
     else:
@@ -153,33 +156,36 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_s
 def _bwd_op(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-            max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
-            window_right: int, softcap: float, deterministic: bool, backend: str
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            alibi_slopes: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
+            softmax_scale: float, window_left: int, window_right: int, softcap: float,
+            deterministic: bool, dropout_p: float, philox_seed: int, philox_offset: int,
+            backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels(backend).backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                       max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
-                                      window_right, softcap, deterministic)
+                                      window_right, softcap, deterministic,
+                                      dropout_p=dropout_p, philox=(philox_seed, philox_offset),
+                                      alibi_slopes=alibi_slopes)
 
 
 @_bwd_op.register_fake
-def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-      softmax_scale, window_left, window_right, softcap, deterministic, backend):
+def _(dout, dlse, q, k, v, *rest):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, *params = inputs
+    q, k, v, cu_q, cu_k, alibi, *params = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi)
     ctx.params = params
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    q, k, v, out, lse, cu_q, cu_k, alibi = ctx.saved_tensors
     if dlse is None:
         dlse = torch.zeros_like(lse)
-    dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+    dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, alibi, *ctx.params)
+    # no gradient for cu_seqlens, the slopes (as flash-attn) or the scalars
+    return (dq, dk, dv) + (None,) * (3 + len(ctx.params))
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -189,13 +195,12 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _checked(q, k, v, backend, varlen, dropout_p, softmax_scale, causal, window_size,
-             softcap, alibi_slopes, deterministic, return_attn_probs, return_lse):
+             softcap, deterministic, return_attn_probs, return_lse):
     """(backend, AttnParams) of a call whose tensors and settings are valid."""
     backend = _resolve_backend("auto" if backend is None else backend, q)
     _check_tensors(q, k, v, backend, varlen)
     params = AttnParams.make(softmax_scale, causal, window_size, softcap, deterministic,
-                             q.shape[-1])
-    check_unsupported(dropout_p, alibi_slopes)
+                             q.shape[-1], dropout_p)
     check_flag("return_attn_probs", return_attn_probs)
     check_flag("return_lse", return_lse)
     return backend, params
@@ -207,48 +212,80 @@ def _kernel_head_dim(head_dim: int) -> int:
     return max(HEAD_DIM_MIN, -(-head_dim // 8) * 8)
 
 
+def _with_sinks(out, lse, sinks, varlen):
+    """Attention with one more logit per head (sinks[h]) that takes probability mass and
+    contributes nothing: out * exp(lse - lse'), lse' = logaddexp(lse, sink). Differentiable
+    through out and lse (the kernels' backward takes dlse), so sinks get their gradient."""
+    sink = sinks.to(lse.dtype)[:, None] if varlen else sinks.to(lse.dtype)[None, :, None]
+    lse_all = torch.logaddexp(lse, sink)
+    keep = torch.exp(lse - lse_all)  # (batch, heads, seqlen) or (heads, total)
+    keep = keep.transpose(0, 1) if varlen else keep.transpose(1, 2)
+    return (out * keep[..., None]).to(out.dtype), lse_all
+
+
 def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
-         return_attn_probs, return_lse, backend):
+         return_attn_probs, return_lse, backend, alibi_slopes, sinks):
     """A checked call on its backend (the reference for "torch", else the custom op), with
-    what flash-attn returns: out; (out, softmax_lse, None) with return_attn_probs (the
-    dropout mask S_dmask exists only with dropout); (out, lse) with return_lse."""
+    what flash-attn returns: out; (out, softmax_lse, S_dmask) with return_attn_probs
+    (S_dmask only with dropout, else None); (out, lse) with return_lse."""
+    varlen = cu_seqlens_q is not None
+    batch = cu_seqlens_q.numel() - 1 if varlen else q.shape[0]
+    if alibi_slopes is not None:
+        check_head_vector("alibi_slopes", alibi_slopes, batch, q.shape[-2], q.device, True)
+    if sinks is not None:
+        check_head_vector("sinks", sinks, batch, q.shape[-2], q.device)
     params = params.bounded(max_seqlen_q, max_seqlen_k)
+    philox = _dropout.philox_state(q.device) if params.dropout_p else (0, 0)
+    settings = dict(dropout_p=params.dropout_p, softmax_scale=params.softmax_scale,
+                    window_size=params.window, softcap=params.softcap,
+                    alibi_slopes=alibi_slopes, philox=philox)
+    lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) if varlen else ()
+    ref = reference.flash_attn_varlen_func if varlen else reference.flash_attn_func
     if backend == "torch":
-        settings = dict(softmax_scale=params.softmax_scale, window_size=params.window,
-                        softcap=params.softcap, deterministic=params.deterministic,
-                        return_lse=True)
-        if cu_seqlens_q is None:
-            out, lse = reference.flash_attn_func(q, k, v, **settings)
-        else:
-            out, lse = reference.flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k,
-                                                        max_seqlen_q, max_seqlen_k, **settings)
+        out, lse = ref(q, k, v, *lengths, **settings, return_lse=True, sinks=sinks)
     else:
         head_dim = q.shape[-1]
         pad = _kernel_head_dim(head_dim) - head_dim
-        if pad:
-            q, k, v = (torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v))
-        out, lse = _fwd_op(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           *params.op_args(), backend)
+        qp, kp, vp = ((torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v)) if pad
+                      else (q, k, v))
+        slopes = None if alibi_slopes is None else alibi_slopes.float().contiguous()
+        out, lse = _fwd_op(qp, kp, vp, cu_seqlens_q, cu_seqlens_k, slopes, max_seqlen_q,
+                           max_seqlen_k, *params.op_args(), *philox, backend)
         out = out[..., :head_dim] if pad else out
+        if sinks is not None:
+            out, lse = _with_sinks(out, lse, sinks, varlen)
     if return_attn_probs:
-        return out, lse, None
+        probs = None
+        if params.dropout_p:  # flash-attn's S_dmask, built from the call's (seed, offset)
+            with torch.no_grad():
+                probs = ref(q, k, v, *lengths, **settings, return_attn_probs=True)[2]
+        return out, lse, probs
     return (out, lse) if return_lse else out
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
                     window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                    return_attn_probs=False, *, backend=None, return_lse=False):
+                    return_attn_probs=False, *, backend=None, return_lse=False, sinks=None):
     """Attention over (batch, seqlen, heads, head_dim) tensors: flash-attn 2.8's
     flash_attn_func, positional order included.
 
     q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d) with heads_q a
     multiple of heads_kv (GQA/MQA); d up to 256 (kernels pad it to a multiple of 8).
     causal masks are aligned bottom-right; window_size = (left, right), -1 unbounded;
-    softcap > 0 applies softcap * tanh(scores / softcap). dropout_p must be 0 and
-    alibi_slopes None for now (NotImplementedError otherwise: the kernels have neither
-    yet). Returns out like q; with return_attn_probs (out, softmax_lse, None) as flash-attn
-    without dropout; with return_lse (project option) (out, lse): the float32 log-sum-exp
-    (batch, heads_q, seqlen_q), differentiable (float64 for float64 inputs).
+    softcap > 0 applies softcap * tanh(scores / softcap). dropout_p drops probabilities
+    (scaling the kept ones by 1 / (1 - dropout_p)) with a Philox mask drawn from torch's
+    generator (reproducible under torch.manual_seed; recomputed, never stored, in the
+    backward; see attention/_dropout.py). alibi_slopes (heads_q,) or (batch, heads_q) adds
+    flash-attn's ALiBi bias: slope * col when causal (window (-1, 0)), else -slope *
+    |row + seqlen_k - seqlen_q - col|; no gradient for the slopes, as flash-attn.
+    Returns out like q; with return_attn_probs (out, softmax_lse, S_dmask): S_dmask
+    (batch, heads_q, seqlen_q, seqlen_k) with dropout is flash-attn's test encoding
+    (exp(score - row max), negated where dropped; built by the reference code from the
+    call's random stream), None without; with return_lse (project option) (out, lse): the
+    float32 log-sum-exp (batch, heads_q, seqlen_q), differentiable (float64 for float64
+    inputs). sinks (keyword only, beyond flash-attn): (heads_q,) float logits, one extra
+    key per head that takes probability mass and gives nothing (gpt-oss's attention
+    sinks); differentiable; lse then includes them.
     deterministic=True makes the Triton backward bitwise reproducible (slightly slower;
     Numba's always is). Flags take bools or 0/1; integers anything with __index__.
     backend (keyword only): "triton" (CUDA), "numba" (CPU; float64 too), "torch" (the
@@ -256,32 +293,34 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     The Numba backend uses torch.get_num_threads() threads.
     """
     backend, params = _checked(q, k, v, backend, False, dropout_p, softmax_scale, causal,
-                               window_size, softcap, alibi_slopes, deterministic,
-                               return_attn_probs, return_lse)
+                               window_size, softcap, deterministic, return_attn_probs,
+                               return_lse)
     return _run(q, k, v, None, None, q.shape[1], k.shape[1], params, return_attn_probs,
-                return_lse, backend)
+                return_lse, backend, alibi_slopes, sinks)
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p=0.0, softmax_scale=None, causal=False,
                            window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *,
-                           backend=None, return_lse=False):
+                           backend=None, return_lse=False, sinks=None):
     """Attention over packed sequences: flash-attn 2.8's flash_attn_varlen_func.
 
     q (total_q, heads_q, d); k, v (total_k, heads_kv, d); cu_seqlens_q/k int32 of length
     batch + 1 (sequence b is rows cu[b]:cu[b+1]; empty sequences allowed); max_seqlen_q/k at
     least the longest sequence (ints, numpy ints or 0-dim tensors). Each sequence attends
     only to itself. Returns out like q, and the float32 log-sum-exp (heads_q, total_q) with
-    return_lse or return_attn_probs. block_table (a paged KV cache) is not supported yet
+    return_lse or return_attn_probs (S_dmask then (batch, heads_q, max_seqlen_q,
+    max_seqlen_k), zero past each sequence; alibi_slopes (batch, heads_q) index sequences;
+    the dropout counter's row is the packed token index). block_table (a paged KV cache) is not supported yet
     (NotImplementedError). Other arguments as :func:`flash_attn_func`.
     """
     if block_table is not None:
         raise NotImplementedError("block_table: paged KV caches are not supported yet (they "
                                   "come with flash_attn_with_kvcache)")
     backend, params = _checked(q, k, v, backend, True, dropout_p, softmax_scale, causal,
-                               window_size, softcap, alibi_slopes, deterministic,
-                               return_attn_probs, return_lse)
+                               window_size, softcap, deterministic, return_attn_probs,
+                               return_lse)
     lengths_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], q.device)
     lengths_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], q.device,
                                   batch=cu_seqlens_q.numel() - 1)
@@ -289,7 +328,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k, k.shape[0])
     # the Triton kernels read cu_seqlens as raw memory: a strided view must be copied
     return _run(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q,
-                max_seqlen_k, params, return_attn_probs, return_lse, backend)
+                max_seqlen_k, params, return_attn_probs, return_lse, backend, alibi_slopes,
+                sinks)
 
 
 def _unpacked(name, packed, parts, dim):
@@ -306,34 +346,37 @@ def _unpacked(name, packed, parts, dim):
 def flash_attn_qkvpacked_func(qkv, dropout_p=0.0, softmax_scale=None, causal=False,
                               window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                               deterministic=False, return_attn_probs=False, *, backend=None,
-                              return_lse=False):
+                              return_lse=False, sinks=None):
     """flash_attn_func on qkv (batch, seqlen, 3, heads, head_dim), as flash-attn's."""
     return flash_attn_func(*_unpacked("qkv", qkv, 3, 2), dropout_p, softmax_scale, causal,
                            window_size, softcap, alibi_slopes, deterministic,
-                           return_attn_probs, backend=backend, return_lse=return_lse)
+                           return_attn_probs, backend=backend,
+                           return_lse=return_lse, sinks=sinks)
 
 
 def flash_attn_kvpacked_func(q, kv, dropout_p=0.0, softmax_scale=None, causal=False,
                              window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                              deterministic=False, return_attn_probs=False, *, backend=None,
-                             return_lse=False):
+                             return_lse=False, sinks=None):
     """flash_attn_func on q and kv (batch, seqlen_k, 2, heads_kv, head_dim), as
     flash-attn's."""
     return flash_attn_func(q, *_unpacked("kv", kv, 2, 2), dropout_p, softmax_scale, causal,
                            window_size, softcap, alibi_slopes, deterministic,
-                           return_attn_probs, backend=backend, return_lse=return_lse)
+                           return_attn_probs, backend=backend,
+                           return_lse=return_lse, sinks=sinks)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv, cu_seqlens, max_seqlen, dropout_p=0.0,
                                      softmax_scale=None, causal=False, window_size=(-1, -1),
                                      softcap=0.0, alibi_slopes=None, deterministic=False,
                                      return_attn_probs=False, *, backend=None,
-                                     return_lse=False):
+                                     return_lse=False, sinks=None):
     """flash_attn_varlen_func on qkv (total, 3, heads, head_dim), as flash-attn's."""
     return flash_attn_varlen_func(*_unpacked("qkv", qkv, 3, 1), cu_seqlens, cu_seqlens,
                                   max_seqlen, max_seqlen, dropout_p, softmax_scale, causal,
                                   window_size, softcap, alibi_slopes, deterministic,
-                                  return_attn_probs, backend=backend, return_lse=return_lse)
+                                  return_attn_probs, backend=backend,
+                           return_lse=return_lse, sinks=sinks)
 
 
 def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
@@ -341,10 +384,11 @@ def flash_attn_varlen_kvpacked_func(q, kv, cu_seqlens_q, cu_seqlens_k, max_seqle
                                     causal=False, window_size=(-1, -1), softcap=0.0,
                                     alibi_slopes=None, deterministic=False,
                                     return_attn_probs=False, *, backend=None,
-                                    return_lse=False):
+                                    return_lse=False, sinks=None):
     """flash_attn_varlen_func on q and kv (total_k, 2, heads_kv, head_dim), as
     flash-attn's."""
     return flash_attn_varlen_func(q, *_unpacked("kv", kv, 2, 1), cu_seqlens_q, cu_seqlens_k,
                                   max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
                                   window_size, softcap, alibi_slopes, deterministic,
-                                  return_attn_probs, backend=backend, return_lse=return_lse)
+                                  return_attn_probs, backend=backend,
+                           return_lse=return_lse, sinks=sinks)

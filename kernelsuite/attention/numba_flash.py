@@ -40,6 +40,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
+from . import _dropout
 from ._params import LN2, LOG2E, UNBOUNDED, AttnParams
 from .reference import lse_dtype
 
@@ -230,6 +231,47 @@ def _tanh_f32(x):
     return y if x == x else x
 
 
+# ----------------------------------------------------------------------------- ALiBi, dropout
+
+_M32 = 0xFFFFFFFF
+
+
+@njit(cache=True, inline="always")
+def _mul_hi_lo(a, b):
+    """(high, low) 32-bit halves of a * b, a a 32-bit constant, b in [0, 2**32), in int64
+    (as _dropout._mul)."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    lo_part, hi_part = b * a_lo, b * a_hi
+    return (hi_part + (lo_part >> 16)) >> 16, (((hi_part & 0xFFFF) << 16) + lo_part) & _M32
+
+
+@njit(cache=True, inline="always")
+def _kept(seed, c0, c1, c2, c3, thr):
+    """Dropout keeps this entry: _dropout.keep_mask for one (col c0, row c1, head c2,
+    offset c3), the same Philox4x32-10 bit for bit."""
+    k0, k1 = seed & _M32, (seed >> 32) & _M32
+    c0, c1, c2, c3 = c0 & _M32, c1 & _M32, c2 & _M32, c3 & _M32
+    for _ in range(_dropout.ROUNDS):
+        hi_b, lo_b = _mul_hi_lo(_dropout.ROUND_B, c2)
+        hi_a, lo_a = _mul_hi_lo(_dropout.ROUND_A, c0)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0, k1 = (k0 + _dropout.KEY_A) & _M32, (k1 + _dropout.KEY_B) & _M32
+    return (c0 >> 1) >= thr
+
+
+@njit(cache=True, inline="always")
+def _alibi(bias, alibi, slope2, pos, j):
+    """bias[c] = ALiBi of key j + c for the query at key position pos, log2 units: alibi 1
+    is flash-attn's causal form (+ slope * col), 2 the distance form, 0 none."""
+    for c in range(bias.shape[0]):
+        if alibi == 1:
+            bias[c] = slope2 * (j + c)
+        elif alibi == 2:
+            bias[c] = -slope2 * abs(pos - j - c)
+        else:
+            bias[c] = 0
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -283,20 +325,23 @@ def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_right,
-             qk_scale, cap, bm, exact):
+             qk_scale, cap, bm, exact, slopes, alibi, drop):
     """out (Tq, Hq, d) and lse (Hq, Tq) from q flat (element (t, h, c) at t*q_st + h*q_sh + c),
     kt (Hkv, d, Tk + BLOCK_N) and v (Hkv, Tk + BLOCK_N, d) (see _head_major). q.k * qk_scale
     is the score in log2 units, or its softcap tanh argument when cap > 0 (scores =
     cap * tanh(...)).
     Windows are >= 0 (UNBOUNDED for none). bm: query rows per task, a multiple of 4.
     exact: v holds a NaN or Inf, so edge blocks multiply P by V key by key, skipping hidden
-    keys (P = 0 times NaN would reach rows that cannot see that key)."""
+    keys (P = 0 times NaN would reach rows that cannot see that key). slopes (batch or 1,
+    Hq) ALiBi slopes in log2 units, alibi its form (see _alibi); drop (seed, offset,
+    threshold, 1 / (1 - dropout_p)) as in _dropout, threshold 0 without dropout."""
     heads, d = out.shape[1], out.shape[2]
     tk_pad = kt.shape[2]
     bn = BLOCK_N
     tasks = _query_blocks(cu_q, bm)
     neg_inf = -np.inf
     zero, one = np.zeros(1, kt.dtype)[0], np.ones(1, kt.dtype)[0]  # float32 stays float32
+    seed, offset, thr, drop_scale = drop
     for t in prange(tasks.shape[0] * heads):
         b, i0, h = tasks[t // heads, 0], tasks[t // heads, 1], t % heads
         kvh = h // group
@@ -312,6 +357,8 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
         acc = np.zeros((bm, d), kt.dtype)
         m = np.full(bm, neg_inf, kt.dtype)
         den = np.zeros(bm, kt.dtype)
+        bias = np.empty(bn, kt.dtype)
+        slope2 = slopes[b % slopes.shape[0], h]
         j = (lo // bn) * bn
         while j < hi:
             _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn, d,
@@ -322,6 +369,10 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 if cap > 0:
                     for c in range(bn):
                         row[c] = cap * _tanh(row[c])
+                if alibi != 0:
+                    _alibi(bias, alibi, slope2, i0 + r + off, j)
+                    for c in range(bn):
+                        row[c] += bias[c]
                 if edge:
                     pos = i0 + r + off
                     for c in range(bn):
@@ -340,6 +391,10 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 alpha = _exp2(m[r] - shift)  # online-softmax rescale of what came before
                 den[r] = den[r] * alpha + total
                 m[r] = m_new
+                if thr > 0:  # dropout after the softmax sums: P @ V sees kept entries only
+                    for c in range(bn):
+                        if not _kept(seed, j + c, qs + i0 + r, h, offset, thr):
+                            row[c] = 0
                 if alpha != 1:
                     for c in range(d):
                         acc[r, c] *= alpha
@@ -357,7 +412,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
         for r in range(rows):
             i = qs + i0 + r
             if den[r] != 0:  # NaN too: a NaN score makes the row NaN
-                inv = one / den[r]
+                inv = drop_scale / den[r]
                 for c in range(d):
                     out[i, h, c] = acc[r, c] * inv
                 lse[h, i] = (m[r] + np.log2(den[r])) * LN2
@@ -371,17 +426,20 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, dk, dv,
-              cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact):
+              cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
+              drop):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta
     (Hq, Tq) = rowsum(dO * O) - dLSE. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
     the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
-    blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs."""
+    blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
+    alibi, drop as in _forward."""
     heads_kv, d = dk.shape[1], dk.shape[2]
     tk_pad = kt.shape[2]
     chunks = dq_part.shape[0]
     bm, bn = BLOCK_M, BLOCK_N
+    seed, offset, thr, drop_scale = drop
     for t in prange((cu_q.shape[0] - 1) * heads_kv * chunks):
         chunk, kvh, b = t % chunks, (t // chunks) % heads_kv, t // (chunks * heads_kv)
         qs, ks = cu_q[b], cu_k[b]
@@ -394,6 +452,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
         dq_tile = np.empty((bm, d), kt.dtype)
         dk_acc = np.empty((bn, d), kt.dtype)
         dv_acc = np.empty((bn, d), kt.dtype)
+        bias = np.zeros(bn, kt.dtype)
+        kept = np.ones(bn, np.bool_)
         # a chunk takes every chunks-th key block: under a causal mask they cost about the same
         for j in range(chunk * bn, kl, chunks * bn):
             cols = min(bn, kl - j)
@@ -404,6 +464,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
             lo = max(0, j - off - win_right)
             hi = min(ql, j + cols - 1 - off + win_left + 1)
             for h in range(kvh * group, (kvh + 1) * group):
+                slope2 = slopes[b % slopes.shape[0], h]
                 i0 = (lo // bm) * bm
                 while i0 < hi:
                     rows = min(bm, ql - i0)
@@ -416,17 +477,30 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                         l2 = lse2[h, qs + i0 + r]
                         dl = delta[h, qs + i0 + r]
                         prow, dsrow = p[r], ds[r]
+                        if alibi != 0:
+                            _alibi(bias, alibi, slope2, i0 + r + off, j)
+                        if thr > 0:  # dP reaches kept entries only, scaled as in the forward
+                            for c in range(bn):
+                                kept[c] = _kept(seed, j + c, qs + i0 + r, h, offset, thr)
+                                dsrow[c] = dsrow[c] * drop_scale if kept[c] else 0
                         if cap > 0:
                             for c in range(bn):
                                 th = _tanh(prow[c])
-                                pc = _exp2(cap * th - l2)
+                                pc = _exp2(cap * th + bias[c] - l2)
                                 prow[c] = pc
                                 dsrow[c] = pc * (dsrow[c] - dl) * (1 - th * th)
                         else:
+                            if alibi != 0:
+                                for c in range(bn):
+                                    prow[c] += bias[c]
                             for c in range(bn):
                                 pc = _exp2(prow[c] - l2)
                                 prow[c] = pc
                                 dsrow[c] = pc * (dsrow[c] - dl)
+                        if thr > 0:  # dV sums the kept P (scaled when stored)
+                            for c in range(bn):
+                                if not kept[c]:
+                                    prow[c] = 0
                         if edge:
                             pos = i0 + r + off
                             for c in range(bn):
@@ -457,7 +531,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
             for r in range(cols):
                 for c in range(d):
                     dk[ks + j + r, kvh, c] = dk_acc[r, c]
-                    dv[ks + j + r, kvh, c] = dv_acc[r, c]
+                    dv[ks + j + r, kvh, c] = dv_acc[r, c] * drop_scale
 
 
 @njit(parallel=True, cache=True)
@@ -505,7 +579,8 @@ class _Problem:
     """One attention call in the kernels' terms: (T, H, d) token views (dense inputs are
     varlen with equal lengths), int64 cu_seqlens, the compute dtype, scales in log2 units."""
 
-    def __init__(self, q, k, cu_seqlens_q, cu_seqlens_k, params: AttnParams):
+    def __init__(self, q, k, cu_seqlens_q, cu_seqlens_k, params: AttnParams, alibi_slopes,
+                 philox):
         self.varlen = cu_seqlens_q is not None
         self.q_shape = q.shape
         if self.varlen:
@@ -523,6 +598,15 @@ class _Problem:
         self.qk_scale = self.ftype(params.qk_scale)  # see AttnParams.qk_scale
         self.cap = self.ftype(params.cap_log2)
         self.scale = params.softmax_scale
+        # the kernels' ALiBi (slopes in log2 units, (batch or 1, Hq); form) and dropout
+        if alibi_slopes is None:
+            self.slopes, self.alibi = np.zeros((1, 1), self.ftype), 0
+        else:
+            slopes = alibi_slopes.detach().double().reshape(-1, self.heads_q) * LOG2E
+            self.slopes = slopes.numpy().astype(self.ftype)
+            self.alibi = 1 if params.alibi_causal else 2
+        self.drop = (int(philox[0]), int(philox[1]), _dropout.threshold(params.dropout_p),
+                     self.ftype(1.0 / (1.0 - params.dropout_p)))
 
     def tokens(self, x):
         """(T, H, d) tensor in the compute dtype with unit-stride rows: a view when possible."""
@@ -561,12 +645,14 @@ class _Problem:
 
 @torch.no_grad()
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-            window_left, window_right, softcap, out=None, lse=None):
+            window_left, window_right, softcap, *, dropout_p=0.0, philox=(0, 0),
+            alibi_slopes=None, out=None, lse=None):
     """Returns (out, lse); lse (batch, heads, seqlen_q) or (heads, total_q), float32 (float64
     for float64 inputs, as the reference). out and lse may be given (contiguous, those
     shapes): tests poison them to check every write."""
     P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k,
-                 AttnParams(softmax_scale, window_left, window_right, softcap))
+                 AttnParams(softmax_scale, window_left, window_right, softcap,
+                            dropout_p=dropout_p), alibi_slopes, philox)
     _set_threads()
     qt, kt_, vt_ = P.tokens(q), P.tokens(k), P.tokens(v)
     if out is not None and out.dtype == P.dtype:
@@ -578,7 +664,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     block_m = 2 * BLOCK_M if P.window == (UNBOUNDED, UNBOUNDED) else BLOCK_M
     _forward(*P.flat(qt), P.head_major(kt_, transposed=True), P.head_major(vt_),
              out_t.numpy(), lse_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale,
-             P.cap, block_m, not _finite(vt_))
+             P.cap, block_m, not _finite(vt_), P.slopes, P.alibi, P.drop)
     out_t = out_t.view(q.shape)
     if out is not None:
         out_t = out if out_t.data_ptr() == out.data_ptr() else out.copy_(out_t)
@@ -590,11 +676,12 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
 @torch.no_grad()
 def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
              max_seqlen_k, softmax_scale, window_left, window_right, softcap, deterministic,
-             dq=None, dk=None, dv=None):
+             *, dropout_p=0.0, philox=(0, 0), alibi_slopes=None, dq=None, dk=None, dv=None):
     """Returns (dq, dk, dv); dlse (the gradient of the returned LSE) may be None. Always
     deterministic: every output element is summed by one thread in a fixed order."""
     P = _Problem(q, k, cu_seqlens_q, cu_seqlens_k,
-                 AttnParams(softmax_scale, window_left, window_right, softcap, deterministic))
+                 AttnParams(softmax_scale, window_left, window_right, softcap, deterministic,
+                            dropout_p), alibi_slopes, philox)
     _set_threads()
     qt, kt_, vt_, ot, dot = (P.tokens(x) for x in (q, k, v, out, dout))
     delta = (dot * ot).sum(-1).transpose(0, 1)  # (Hq, Tq)
@@ -614,7 +701,7 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
               P.head_major(vt_, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
               dq_part.numpy(), dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window,
-              P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot))
+              P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop)
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
     dk_t.mul_(P.scale / float(P.qk_scale))
     results = []

@@ -13,7 +13,8 @@ import math
 
 import torch
 
-from ._params import bounded_window, check_unsupported
+from . import _dropout
+from ._params import alibi_causal, bounded_window
 
 
 def lse_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,22 +91,34 @@ class _PV(torch.autograd.Function):
         return dp.masked_fill(~mask, 0), dv, None
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
-                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
-                    return_attn_probs=False, *, return_lse=False):
-    """q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d); the signature
-    of kernelsuite.attention.flash_attn_func (flash-attn 2.8's).
+def alibi_bias(slopes, seqlen_q: int, seqlen_k: int, causal_form: bool) -> torch.Tensor:
+    """ALiBi as flash-attn's kernels add it to the (scaled, softcapped) scores, shape
+    (..., seqlen_q, seqlen_k) for slopes (...): causal_form adds slope * col; otherwise it
+    subtracts slope * |row + seqlen_k - seqlen_q - col| (distance to the aligned diagonal).
+    The two differ by a per-row constant, so only the log-sum-exp tells them apart."""
+    device = slopes.device
+    col = torch.arange(seqlen_k, device=device, dtype=slopes.dtype)
+    if causal_form:
+        return slopes[..., None, None] * col.expand(seqlen_q, seqlen_k)
+    pos = torch.arange(seqlen_q, device=device, dtype=slopes.dtype)[:, None] + (seqlen_k - seqlen_q)
+    return -slopes[..., None, None] * (pos - col).abs()
 
-    Returns out (like q); the float32 log-sum-exp (batch, heads_q, seqlen_q) with it when
-    return_lse, and (out, lse, None) when return_attn_probs. dropout_p must be 0 and
-    alibi_slopes None for now. ``deterministic`` is accepted for signature parity; this code
-    is always deterministic. Arguments are not checked further: the public functions do.
-    """
-    check_unsupported(dropout_p, alibi_slopes)
+
+def alibi_causal_form(causal, window_size, max_seqlen_q: int, max_seqlen_k: int) -> bool:
+    """Which ALiBi form a call uses, decided on its window bounded by the call's longest
+    sequences (see _params.alibi_causal)."""
+    left, right = bounded_window(window_size, max_seqlen_q, max_seqlen_k)
+    return alibi_causal(left, 0 if causal else right)
+
+
+def _attention(q, k, v, softmax_scale, causal, window_size, softcap, slopes, alibi_causal,
+               dropout, rows, sinks, want_probs):
+    """The forward on a dense batch: q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k,
+    heads_kv, d); slopes None or (batch or 1, heads_q) float; dropout None or (dropout_p,
+    seed, offset); rows (batch, seqlen_q) the queries' token rows (the dropout counter);
+    sinks None or (heads_q,). Returns (out, lse, S_dmask or None)."""
     batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
-    if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(head_dim)
     group = heads_q // heads_kv
     # (batch, heads, seqlen, d); GQA by repeating kv heads, so autograd sums their gradients
     qh = q.transpose(1, 2)
@@ -121,6 +134,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     scores = scores * softmax_scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
+    if slopes is not None:
+        scores = scores + alibi_bias(slopes.to(acc_dtype), seqlen_q, seqlen_k, alibi_causal)
     scores = scores.masked_fill(~mask, float("-inf"))
 
     # Softmax written out so that rows that see no key give p = 0, lse = -inf and finite
@@ -130,46 +145,118 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
     else:  # amax refuses an empty dim
         row_max = scores.new_full((*scores.shape[:-1], 1), float("-inf"))
     # rows that see no key (max -inf) shift by 0; a NaN or +inf max makes the row NaN (IEEE)
-    row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
-    e = torch.exp(scores - row_max)
-    denom = e.sum(dim=-1, keepdim=True)
-    # a row that sees no key gives 0 (flash-attn); one whose visible scores are all -inf
-    # (an Inf in q or k) gives 0 / 0 = NaN, as IEEE and SDPA do
+    score_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     empty = ~mask.any(dim=-1, keepdim=True)
-    denom = torch.where(empty, torch.ones_like(denom), denom)
+    if sinks is None:
+        row_max = score_max
+        e = torch.exp(scores - row_max)
+        denom = e.sum(dim=-1, keepdim=True)
+        # a row that sees no key gives 0 (flash-attn); one whose visible scores are all -inf
+        # (an Inf in q or k) gives 0 / 0 = NaN, as IEEE and SDPA do
+        denom = torch.where(empty, torch.ones_like(denom), denom)
+    else:  # one more logit per head, whose value is 0: it only takes probability mass
+        sink = sinks.to(acc_dtype)[None, :, None, None]
+        row_max = torch.maximum(row_max, sink.detach())
+        e = torch.exp(scores - row_max)
+        denom = e.sum(dim=-1, keepdim=True) + torch.exp(sink - row_max)
+        empty = torch.zeros_like(empty)
     p = (e / denom).masked_fill(~mask, 0)  # exactly 0 where hidden, even in a NaN row
+    probs = None
+    if dropout is not None:
+        dropout_p, seed, offset = dropout
+        heads = torch.arange(heads_q, device=q.device)[None, :, None, None]
+        cols = torch.arange(seqlen_k, device=q.device)
+        keep = _dropout.keep_mask(seed, offset, dropout_p, heads, rows[:, None, :, None], cols)
+        p = torch.where(keep, p / (1 - dropout_p), 0)
+        if want_probs:  # flash-attn's S_dmask: exp(s - row max), negated where dropped
+            unnorm = torch.exp(scores - score_max).masked_fill(~mask, 0).detach()
+            probs = torch.where(keep, unnorm, -unnorm)
     out = _PV.apply(p.to(vh.dtype), vh, mask).transpose(1, 2).to(q.dtype)
-    if not (return_lse or return_attn_probs):
-        return out
     lse = (row_max + torch.log(denom)).masked_fill(empty, float("-inf")).squeeze(-1)
-    return (out, lse.to(acc_dtype)) + ((None,) if return_attn_probs else ())
+    return out, lse.to(acc_dtype), probs
+
+
+def _slopes(alibi_slopes, batch):
+    """(batch or 1, heads) slopes, or None."""
+    if alibi_slopes is None:
+        return None
+    return alibi_slopes if alibi_slopes.dim() == 2 else alibi_slopes[None]
+
+
+def _dropout_state(dropout_p, philox, device):
+    """None without dropout, else (dropout_p, seed, offset): the given philox (seed, offset)
+    or a fresh one from torch's generator."""
+    if not dropout_p:
+        return None
+    return (dropout_p, *(philox if philox is not None else _dropout.philox_state(device)))
+
+
+def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
+                    window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+                    return_attn_probs=False, *, return_lse=False, sinks=None, philox=None):
+    """q (batch, seqlen_q, heads_q, d); k, v (batch, seqlen_k, heads_kv, d); the signature
+    of kernelsuite.attention.flash_attn_func (flash-attn 2.8's).
+
+    Returns out (like q); the float32 log-sum-exp (batch, heads_q, seqlen_q) with it when
+    return_lse, and (out, lse, S_dmask) when return_attn_probs (S_dmask (batch, heads_q,
+    seqlen_q, seqlen_k) with dropout, else None). Dropout draws its (seed, offset) from
+    torch's generator as the kernels do (see _dropout), unless philox=(seed, offset) is
+    given; so under one torch.manual_seed, this and a kernel drop the same entries.
+    alibi_slopes (heads_q,) or (batch, heads_q); sinks (heads_q,) logits (see the public
+    function). ``deterministic`` is accepted for signature parity; this code is always
+    deterministic. Arguments are not checked further: the public functions do.
+    """
+    batch, seqlen_q, _, head_dim = q.shape
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(head_dim)
+    rows = torch.arange(batch * seqlen_q, device=q.device).view(batch, seqlen_q)
+    out, lse, probs = _attention(
+        q, k, v, softmax_scale, causal, window_size, softcap, _slopes(alibi_slopes, batch),
+        alibi_causal_form(causal, window_size, seqlen_q, k.shape[1]),
+        _dropout_state(dropout_p, philox, q.device), rows, sinks, return_attn_probs)
+    if return_attn_probs:
+        return out, lse, probs
+    return (out, lse) if return_lse else out
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p=0.0, softmax_scale=None, causal=False,
                            window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
                            deterministic=False, return_attn_probs=False, block_table=None, *,
-                           return_lse=False):
+                           return_lse=False, sinks=None, philox=None):
     """q (total_q, heads_q, d); k, v (total_k, heads_kv, d); int32 cu_seqlens of length batch+1.
 
-    Each sequence is attended to on its own with :func:`flash_attn_func`. Returns out (like
-    q), and the float32 log-sum-exp (heads_q, total_q) when return_lse (and None after it
-    when return_attn_probs). block_table is not supported yet.
+    Each sequence is attended to on its own by the code of :func:`flash_attn_func`, with
+    the call's one dropout (seed, offset). Returns out (like q), and the float32
+    log-sum-exp (heads_q, total_q) when return_lse; (out, lse, S_dmask) when
+    return_attn_probs (S_dmask (batch, heads_q, max_seqlen_q, max_seqlen_k), zero past each
+    sequence, with dropout; else None). block_table is not supported yet.
     """
     if block_table is not None:
         raise NotImplementedError("block_table: paged KV caches are not supported yet")
+    if softmax_scale is None:
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
-    outs, lses = [], []
-    for b in range(len(cq) - 1):
-        o, lse = flash_attn_func(q[None, cq[b]:cq[b + 1]], k[None, ck[b]:ck[b + 1]],
-                                 v[None, ck[b]:ck[b + 1]], dropout_p,
-                                 softmax_scale=softmax_scale, causal=causal,
-                                 window_size=window_size, softcap=softcap,
-                                 alibi_slopes=alibi_slopes, return_lse=True)
+    batch = len(cq) - 1
+    slopes = _slopes(alibi_slopes, batch)
+    alibi_causal = alibi_causal_form(causal, window_size, max_seqlen_q, max_seqlen_k)
+    dropout = _dropout_state(dropout_p, philox, q.device)
+    outs, lses, probs = [], [], None
+    if return_attn_probs and dropout is not None:
+        probs = q.new_zeros((batch, q.shape[1], max_seqlen_q, max_seqlen_k),
+                            dtype=lse_dtype(q.dtype))
+    for b in range(batch):
+        rows = torch.arange(cq[b], cq[b + 1], device=q.device)[None]
+        o, lse, s = _attention(q[None, cq[b]:cq[b + 1]], k[None, ck[b]:ck[b + 1]],
+                               v[None, ck[b]:ck[b + 1]], softmax_scale, causal, window_size,
+                               softcap, None if slopes is None else slopes[b % len(slopes)][None],
+                               alibi_causal, dropout, rows, sinks, probs is not None)
         outs.append(o[0])
         lses.append(lse[0])
+        if probs is not None:
+            probs[b, :, :s.shape[2], :s.shape[3]] = s[0]
     out = torch.cat(outs, dim=0)
-    if not (return_lse or return_attn_probs):
-        return out
-    return (out, torch.cat(lses, dim=-1)) + ((None,) if return_attn_probs else ())
+    if return_attn_probs:
+        return out, torch.cat(lses, dim=-1), probs
+    return (out, torch.cat(lses, dim=-1)) if return_lse else out

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from .._checks import interpreting
+from . import _dropout
 from ._params import LN2, LOG2E, AttnParams
 
 # kernels may only read constexpr globals
@@ -113,18 +114,60 @@ def _scores(qk, qk_scale, cap_log2, SOFTCAP: tl.constexpr):
         return qk * qk_scale, qk
 
 
+@triton.jit
+def _alibi(s, rr, cc, off, slope2, ALIBI: tl.constexpr):
+    """Adds ALiBi in log2 units (slope2 = slope * log2 e) to the score tile s for query rows
+    rr and key cols cc (broadcasting index tensors): ALIBI 1 is flash-attn's causal form
+    (+ slope * col), 2 the distance form (- slope * |row + off - col|), 0 none."""
+    if ALIBI == 1:
+        return s + slope2 * cc.to(tl.float32)
+    elif ALIBI == 2:
+        return s - slope2 * tl.abs(rr + off - cc).to(tl.float32)
+    else:
+        return s
+
+
+@triton.jit
+def _kept(rr, cc, h, seed, philox_off, drop_thr):
+    """Dropout: which entries of the tile (token rows rr, key cols cc, broadcasting) are
+    kept. The counter-based Philox stream of _dropout.py: the same mask in every pass and
+    every backend."""
+    zero = (rr + cc) * 0
+    r, _, _, _ = tl.philox(seed, cc + zero, rr + zero, h + zero, philox_off + zero)
+    return (r >> 1).to(tl.int32) >= drop_thr
+
+
+@triton.jit
+def _row_base(b, q_start, seqlen_q, IS_VARLEN: tl.constexpr):
+    """The token row of sequence b's first query (dropout's counter)."""
+    if IS_VARLEN:
+        return q_start
+    else:
+        return b * seqlen_q
+
+
+@triton.jit
+def _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI: tl.constexpr):
+    """Head h's ALiBi slope for sequence b, in log2 units (0 without ALiBi)."""
+    if ALIBI != 0:
+        return tl.load(ALIBI_SLOPES + b * stride_ab + h) * _LOG2E
+    else:
+        return 0.0
+
+
 # ----------------------------------------------------------------------------- forward
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
-def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right", "seed", "philox_off", "drop_thr"])
+def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
                 stride_lb, stride_lh,
                 seqlen_q, seqlen_k, heads_q, group, win_left, win_right, qk_scale, cap_log2,
-                seq_key, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+                seq_key, stride_ab, seed, philox_off, drop_thr, drop_scale,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-                DOT_PREC: tl.constexpr):
+                ALIBI: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -139,6 +182,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
     V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
     LSE += _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
+    row0 = _row_base(b, q_start, seqlen_q, IS_VARLEN)
+    slope2 = _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI)
 
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -167,6 +212,7 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
                            offs_d, HEAD_DIM, BLOCK_D, part != 1)
             s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale,
                             cap_log2, SOFTCAP)
+            s = _alibi(s, rows[:, None], cols[None, :], off, slope2, ALIBI)
             if part != 1:
                 s = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
                              s, float("-inf"))
@@ -177,7 +223,10 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
             m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.math.exp2(s - m_use[:, None])
             alpha = tl.math.exp2(m_i - m_use)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            l_i = l_i * alpha + tl.sum(p, 1)  # the softmax sums every p; dropout follows it
+            if DROPOUT:
+                p = tl.where(_kept(row0 + rows[:, None], cols[None, :], h, seed, philox_off,
+                                   drop_thr), p, 0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             m_i = m_new
     # A row that saw no key: output 0, lse -inf. One whose visible scores were all -inf (an
@@ -185,6 +234,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K,
     empty = (l_i == 0.0) & blind
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
+    if DROPOUT:
+        out = out * drop_scale
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * _LN2)
     tl.store(O + rows[:, None] * stride_os + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=q_ok)
@@ -219,17 +270,19 @@ def _bwd_preprocess_kernel(O, DO, DLSE, DELTA, CU_Q,
     tl.store(DELTA + lse_off + rows, delta, mask=rows < seqlen_q)
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right", "seed", "philox_off", "drop_thr"])
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K, ALIBI_SLOPES,
                      stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                      stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                      stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
                      stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
                      seqlen_q, seqlen_k, heads_kv, group, win_left, win_right,
-                     qk_scale, cap_log2, sm_scale, seq_key,
+                     qk_scale, cap_log2, sm_scale, seq_key, stride_ab, seed, philox_off,
+                     drop_thr, drop_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-                     ATOMIC_DQ: tl.constexpr, DOT_PREC: tl.constexpr):
+                     ALIBI: tl.constexpr, DROPOUT: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                     DOT_PREC: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_kv
@@ -247,6 +300,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
     DO += _seq_offset(b, q_start, stride_dob, stride_dos, IS_VARLEN)
     DQ += _seq_offset(b, q_start, stride_dqb, stride_dqs, IS_VARLEN)
     lse_off = _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN)
+    row0 = _row_base(b, q_start, seqlen_q, IS_VARLEN)
 
     cols = n0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -271,6 +325,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
         DQh = DQ + h * stride_dqh
         LSEh = LSE + lse_off + h * stride_lh
         DELTAh = DELTA + lse_off + h * stride_lh
+        slope2 = _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI)
         # the query blocks in three parts as in the forward: only part 1 needs no mask
         for part in tl.static_range(3):
             for m0 in range(spans[part], spans[part + 1], BLOCK_M):
@@ -284,12 +339,20 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
                 # transposed tiles (keys x queries): dK and dV accumulate over queries
                 sT, tT = _scores(tl.dot(k, tl.trans(q), input_precision=DOT_PREC), qk_scale,
                                  cap_log2, SOFTCAP)
+                sT = _alibi(sT, rows[None, :], cols[:, None], off, slope2, ALIBI)
                 pT = tl.math.exp2(sT - lse[None, :])
                 if part != 1:
                     pT = tl.where(tl.trans(_visible(rows, cols, seqlen_q, seqlen_k, off,
                                                     win_left, win_right)), pT, 0.0)
-                dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
                 dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+                if DROPOUT:  # dV sums the kept P (scaled at the end); dP reaches kept ones
+                    keepT = _kept(row0 + rows[None, :], cols[:, None], h, seed, philox_off,
+                                  drop_thr)
+                    dv += tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do,
+                                 input_precision=DOT_PREC)
+                    dpT = tl.where(keepT, dpT * drop_scale, 0.0)
+                else:
+                    dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
                 dsT = pT * (dpT - delta[None, :])
                 if SOFTCAP:
                     dsT = dsT * (1.0 - tT * tT)
@@ -302,20 +365,23 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K,
                                   sem="relaxed")
     tl.store(DK + cols[:, None] * stride_dks + offs_d[None, :], (dk * sm_scale).to(
         DK.dtype.element_ty), mask=kv_ok)
+    if DROPOUT:
+        dv = dv * drop_scale
     tl.store(DV + cols[:, None] * stride_dvs + offs_d[None, :], dv.to(DV.dtype.element_ty),
              mask=kv_ok)
 
 
-@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right"])
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
+@triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right", "seed", "philox_off", "drop_thr"])
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, ALIBI_SLOPES,
                    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
                    stride_dqb, stride_dqs, stride_dqh, stride_lb, stride_lh,
                    seqlen_q, seqlen_k, heads_q, group, win_left, win_right,
-                   qk_scale, cap_log2, sm_scale, seq_key,
+                   qk_scale, cap_log2, sm_scale, seq_key, stride_ab, seed, philox_off,
+                   drop_thr, drop_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-                   DOT_PREC: tl.constexpr):
+                   ALIBI: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -331,6 +397,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
     K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
     V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
     lse_off = _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
+    row0 = _row_base(b, q_start, seqlen_q, IS_VARLEN)
+    slope2 = _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI)
 
     rows = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -354,11 +422,15 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
                            offs_d, HEAD_DIM, BLOCK_D, part != 1)
             s, t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale, cap_log2,
                            SOFTCAP)
+            s = _alibi(s, rows[:, None], cols[None, :], off, slope2, ALIBI)
             p = tl.math.exp2(s - lse[:, None])
             if part != 1:
                 p = tl.where(_visible(rows, cols, seqlen_q, seqlen_k, off, win_left, win_right),
                              p, 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            if DROPOUT:
+                dp = tl.where(_kept(row0 + rows[:, None], cols[None, :], h, seed, philox_off,
+                                    drop_thr), dp * drop_scale, 0.0)
             ds = p * (dp - delta[:, None])
             if SOFTCAP:
                 ds = ds * (1.0 - t * t)
@@ -470,7 +542,8 @@ def _prune(kernel):
 # seq_key is an unused kernel argument carrying the power-of-two bucket of the longest
 # sequence, so the autotuner re-tunes per length bucket, not per exact (varlen) length;
 # group (query heads per kv head) picks the GQA tiles.
-_KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP", "group"]
+_KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP", "ALIBI", "DROPOUT",
+        "group"]
 
 
 _fwd = triton.autotune(_configs("fwd"), key=_KEY,
@@ -489,7 +562,8 @@ def _unit_last(x):
 class _Launch:
     """Launch arguments shared by every kernel of one attention call."""
 
-    def __init__(self, q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, params: AttnParams):
+    def __init__(self, q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k, params: AttnParams,
+                 alibi_slopes, philox):
         self.varlen = cu_seqlens_q is not None
         if self.varlen:
             self.batch = cu_seqlens_q.numel() - 1
@@ -502,9 +576,17 @@ class _Launch:
         seq_key = max(128, triton.next_power_of_2(max(max_seqlen_q, max_seqlen_k, 1)))
         # (qk_scale, cap_log2, sm_scale, seq_key): the float tail of the backward kernels
         self.scales = (params.qk_scale, params.cap_log2, params.softmax_scale, seq_key)
+        # ALiBi slopes (float32, (heads,) or (batch, heads)) and dropout: pointer, slope
+        # batch stride, Philox seed and offset, keep threshold, 1 / (1 - dropout_p)
+        self.alibi = alibi_slopes
+        stride_ab = 0 if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes.stride(0)
+        self.extras = (stride_ab, *philox, _dropout.threshold(params.dropout_p),
+                       1.0 / (1.0 - params.dropout_p))
         self.constexprs = dict(
             HEAD_DIM=q.shape[-1], BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),
             IS_VARLEN=self.varlen, SOFTCAP=params.softcap > 0,
+            ALIBI=0 if alibi_slopes is None else 1 if params.alibi_causal else 2,
+            DROPOUT=params.dropout_p > 0,
             # float32 inputs get true float32 products: tf32 would cost ~3e-4 relative error
             DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
 
@@ -520,15 +602,19 @@ class _Launch:
 
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-            window_left, window_right, softcap, out=None, lse=None):
+            window_left, window_right, softcap, *, dropout_p=0.0, philox=(0, 0),
+            alibi_slopes=None, out=None, lse=None):
     """Returns (out, lse). lse is float32, (batch, heads, seqlen_q) or (heads, total_q).
+    dropout_p with philox = (seed, offset): see _dropout.py; alibi_slopes: float32 (heads,)
+    or (batch, heads), contiguous.
 
     out and lse may be given (contiguous, of those shapes); tests poison them to check that
     every element is written.
     """
     q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
     L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
-                AttnParams(softmax_scale, window_left, window_right, softcap))
+                AttnParams(softmax_scale, window_left, window_right, softcap,
+                           dropout_p=dropout_p), alibi_slopes, philox)
     if out is None:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if lse is None:
@@ -538,16 +624,16 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
         return out, lse
     grid = lambda meta: (triton.cdiv(L.max_seqlen_q, meta["BLOCK_M"]), L.batch * L.heads_q)  # noqa: E731
     qk_scale, cap_log2, _, seq_key = L.scales
-    _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *L.strides(q), *L.strides(k),
-               *L.strides(v), *L.strides(out), *L.lse_strides(lse), L.max_seqlen_q,
-               L.max_seqlen_k, L.heads_q, L.group, *L.window, qk_scale, cap_log2, seq_key,
-               **L.constexprs)
+    _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, L.alibi, *L.strides(q),
+               *L.strides(k), *L.strides(v), *L.strides(out), *L.lse_strides(lse),
+               L.max_seqlen_q, L.max_seqlen_k, L.heads_q, L.group, *L.window, qk_scale,
+               cap_log2, seq_key, *L.extras, **L.constexprs)
     return out, lse
 
 
 def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
              max_seqlen_k, softmax_scale, window_left, window_right, softcap, deterministic,
-             dq=None, dk=None, dv=None):
+             *, dropout_p=0.0, philox=(0, 0), alibi_slopes=None, dq=None, dk=None, dv=None):
     """Returns (dq, dk, dv). dlse (the gradient of the returned LSE) may be None.
 
     deterministic=False accumulates dq with float32 atomics from the dK/dV kernel;
@@ -556,7 +642,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     """
     q, k, v, out, dout = (_unit_last(t) for t in (q, k, v, out, dout))
     L = _Launch(q, k, cu_seqlens_q, max_seqlen_q, max_seqlen_k,
-                AttnParams(softmax_scale, window_left, window_right, softcap, deterministic))
+                AttnParams(softmax_scale, window_left, window_right, softcap, deterministic,
+                           dropout_p), alibi_slopes, philox)
     dq_out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if dq is None else dq
     dk = torch.empty(k.shape, dtype=k.dtype, device=k.device) if dk is None else dk
     dv = torch.empty(v.shape, dtype=v.dtype, device=v.device) if dv is None else dv
@@ -574,15 +661,16 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
 
     grid = lambda meta: (triton.cdiv(L.max_seqlen_k, meta["BLOCK_N"]), L.batch * L.heads_kv)  # noqa: E731
     _bwd_dkdv[grid](q, k, v, dout, lse, delta, dk, dv, dq, cu_seqlens_q, cu_seqlens_k,
-                    *L.strides(q), *L.strides(k), *L.strides(v), *L.strides(dout),
+                    L.alibi, *L.strides(q), *L.strides(k), *L.strides(v), *L.strides(dout),
                     *L.strides(dk), *L.strides(dv), *L.strides(dq), *L.lse_strides(lse),
                     L.max_seqlen_q, L.max_seqlen_k, L.heads_kv, L.group, *L.window,
-                    *L.scales, ATOMIC_DQ=not deterministic, **L.constexprs)
+                    *L.scales, *L.extras, ATOMIC_DQ=not deterministic, **L.constexprs)
     if not deterministic:
         return dq_out.copy_(dq), dk, dv
     grid = lambda meta: (triton.cdiv(L.max_seqlen_q, meta["BLOCK_M"]), L.batch * L.heads_q)  # noqa: E731
-    _bwd_dq[grid](q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, *L.strides(q),
+    _bwd_dq[grid](q, k, v, dout, lse, delta, dq, cu_seqlens_q, cu_seqlens_k, L.alibi,
+                  *L.strides(q),
                   *L.strides(k), *L.strides(v), *L.strides(dout), *L.strides(dq),
                   *L.lse_strides(lse), L.max_seqlen_q, L.max_seqlen_k, L.heads_q, L.group,
-                  *L.window, *L.scales, **L.constexprs)
+                  *L.window, *L.scales, *L.extras, **L.constexprs)
     return dq, dk, dv
