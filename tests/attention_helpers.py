@@ -25,19 +25,25 @@ def cu_seqlens(lengths, device):
     return cu.to(device)
 
 
-def run(q, k, v, dout, dlse, backend, varlen=None, make_input=None, **kw):
+def run(q, k, v, dout, dlse, backend, varlen=None, make_input=None, seed=0, **kw):
     """Forward + backward of one implementation. Returns {name: tensor}.
 
     varlen: (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) or None.
     make_input: applied to each leaf before the call (to test non-contiguous layouts).
     dlse: gradient of the LSE as well (None: the loss uses the output only).
+    seed: the torch seed the call runs under (the global generator is restored after), so
+    that every implementation run with dropout draws the same (seed, offset) and so drops
+    the same entries.
     """
     leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
     ins = [make_input(x) for x in leaves] if make_input else leaves
-    if varlen is None:
-        out, lse = flash_attn_func(*ins, return_lse=True, backend=backend, **kw)
-    else:
-        out, lse = flash_attn_varlen_func(*ins, *varlen, return_lse=True, backend=backend, **kw)
+    with torch.random.fork_rng(devices=[q.device] if q.is_cuda else []):
+        torch.manual_seed(seed)
+        if varlen is None:
+            out, lse = flash_attn_func(*ins, return_lse=True, backend=backend, **kw)
+        else:
+            out, lse = flash_attn_varlen_func(*ins, *varlen, return_lse=True, backend=backend,
+                                              **kw)
     loss = (out.double() * dout.double()).sum()
     if dlse is not None:
         # rows that see no key have lse = -inf: keep them out of the loss

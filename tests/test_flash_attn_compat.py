@@ -38,16 +38,21 @@ def test_signatures_are_flash_attns(fn):
     positional = [p.name for p in params if p.kind == p.POSITIONAL_OR_KEYWORD]
     assert positional == SIGNATURES[fn]
     # the project's own options come after a *, so no flash-attn call can reach them
-    assert [p.name for p in params if p.kind == p.KEYWORD_ONLY] == ["backend", "return_lse"]
+    assert [p.name for p in params if p.kind == p.KEYWORD_ONLY] == ["backend", "return_lse",
+                                                                    "sinks"]
     assert inspect.signature(fn).parameters["dropout_p"].default == 0.0
 
 
 def test_the_fourth_positional_is_dropout_not_the_scale():
     """flash_attn_func(q, k, v, 0.1, causal=True) took 0.1 as softmax_scale (output off by
-    0.64): now it is dropout_p, refused until the kernels have dropout."""
+    0.64): now it is dropout_p, the same draw as the reference's under one seed."""
     q, k, v = (rand(1, 8, 2, 32, dtype=torch.float32, device="cpu") for _ in range(3))
-    with pytest.raises(NotImplementedError, match="dropout"):
-        flash_attn_func(q, k, v, 0.1, causal=True)
+    torch.manual_seed(3)
+    got = flash_attn_func(q, k, v, 0.1, causal=True)
+    torch.manual_seed(3)
+    torch.testing.assert_close(got, reference.flash_attn_func(q, k, v, dropout_p=0.1,
+                                                              causal=True))
+    assert not torch.allclose(got, reference.flash_attn_func(q, k, v, causal=True))
     got = flash_attn_func(q, k, v, 0.0, 0.5, True, (3, 0), 0.0, None, True)
     want = reference.flash_attn_func(q, k, v, softmax_scale=0.5, causal=True,
                                      window_size=(3, 0))
@@ -113,7 +118,8 @@ def test_packed_functions_equal_the_unpacked_calls_and_their_gradients(backend):
     qkv = rand(2, 7, 3, 2, 16, dtype=torch.float32, device=device).requires_grad_()
     kv = rand(2, 9, 2, 1, 16, dtype=torch.float32, device=device).requires_grad_()
     q = rand(2, 7, 2, 16, dtype=torch.float32, device=device).requires_grad_()
-    kw = dict(causal=True, softcap=5.0, backend=backend)
+    kw = dict(causal=True, softcap=5.0, backend=backend,
+              alibi_slopes=torch.tensor([0.3, 0.1], device=device))
 
     def check(packed_out, leaves, split_call):
         split = [x.detach().clone().requires_grad_() for x in leaves]

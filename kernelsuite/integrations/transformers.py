@@ -100,21 +100,16 @@ def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=No
       nothing cached): each sequence attends to itself only;
     - otherwise the batch runs as it is.
 
-    Weights are never returned (None, as with flash-attn). Not supported yet, with a
-    NotImplementedError rather than a different answer: dropout > 0 (training with
-    attention_dropout) and attention sinks (s_aux, gpt-oss).
+    Weights are never returned (None, as with flash-attn). dropout (the model's
+    attention_dropout in training) drops attention probabilities in the kernels, with
+    torch's generator (see kernelsuite.attention.flash_attn_func); s_aux (gpt-oss's
+    attention sinks, one logit per head) passes as sinks, with its gradient.
     """
-    if dropout:
-        raise NotImplementedError(f"kernelsuite attention has no dropout yet (got dropout="
-                                  f"{dropout}): set the model's attention_dropout to 0")
-    if s_aux is not None:
-        raise NotImplementedError("kernelsuite attention does not support attention sinks "
-                                  "(s_aux, as in gpt-oss) yet: use attn_implementation='eager'")
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))  # (batch, seqlen, heads, dim)
     causal = bool(module.is_causal if is_causal is None else is_causal)
     window = (-1, -1) if sliding_window is None else (sliding_window - 1, sliding_window - 1)
-    settings = dict(softmax_scale=scaling, causal=causal, window_size=window,
-                    softcap=softcap or 0.0, backend=backend)
+    settings = dict(dropout_p=float(dropout or 0.0), softmax_scale=scaling, causal=causal,
+                    window_size=window, softcap=softcap or 0.0, sinks=s_aux, backend=backend)
     if attention_mask is not None:
         if attention_mask.dim() != 2:
             raise ValueError("kernelsuite attention takes a 2-D padding mask (batch, keys), "
