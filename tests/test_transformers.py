@@ -275,3 +275,25 @@ def test_masks_must_be_2d():
     q = torch.randn(1, 4, 8, 16)
     with pytest.raises(ValueError, match="2-D padding mask"):
         integration.attention(module, q, q, q, torch.zeros(1, 1, 8, 8))
+
+
+def test_training_benchmark_case():
+    """The benchmark's training step (issue 19, point 8): the padded and the packed
+    layouts predict the same tokens, and every implementation's loss is the float64 eager
+    loss of the padded batch; the packed row computes no padding."""
+    from kernelsuite.harness.cases import get_cases
+    from kernelsuite.harness.measure import Call
+
+    (case,) = get_cases(["training"], "cpu", "tiny")
+    assert case.reference == "sdpa-padded" and case.role("kernelsuite-packed") == "ours"
+    errors = {}
+    for impl in case.impls:
+        call = Call(case, impl, "cpu")
+        errors[impl] = call.max_error
+        padded, packed = call.inputs["padded"], call.inputs["packed"]
+    assert max(errors.values()) < 1e-5, errors
+    # the same number of predicted tokens in both layouts, and no padding in the packed row
+    assert (padded["labels"][:, 1:] != -100).sum() == (packed["labels"][:, 1:] != -100).sum()
+    assert packed["input_ids"].numel() == padded["attention_mask"].sum() == case.tokens
+    details = case.details(call.inputs)
+    assert details["padding_saved"] == padded["attention_mask"].numel() - case.tokens > 0

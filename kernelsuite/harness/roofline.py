@@ -57,7 +57,7 @@ def table(gpu: str = "H200", kernels=None):
         rows.append(dict(kernel=case.kernel, case=case.name, quick=case.id in quick,
                          gflop=case.flops / 1e9, mb=case.bytes / 1e6,
                          host_mb=case.host_bytes / 1e6 or None,
-                         flop_per_byte=case.flops / case.bytes if case.flops else None,
+                         flop_per_byte=case.flops / case.bytes if case.flops and case.bytes else None,
                          bound=bound, floor_ms=sheet * 1e3, floor_measured_ms=measured * 1e3,
                          rate_at_floor=rate))
     return pd.DataFrame(rows)
@@ -81,7 +81,8 @@ def render(df, gpu: str) -> str:
            "head_dim, backward 2.5x (DESIGN.md). Bytes: every input read once and every "
            "output written once. The data loader's floor is the host link (its batches are "
            "built in host memory, x and y as int64); its host-side gather is bound by the "
-           "host's memory, measured in the run.", ""]
+           "host's memory, measured in the run. A training step: 6 x non-embedding parameters x "
+           "real tokens (the useful work; padding not counted), bytes not modelled.", ""]
     for kernel, part in df.groupby("kernel", sort=False):
         quick = part[part.quick]
         out += [f"## {kernel}", "",

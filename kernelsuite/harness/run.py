@@ -91,7 +91,8 @@ def format_table(df: pd.DataFrame) -> str:
     if "max_error" in cols:
         head += ("; max_error = largest difference from the exact answer (attention: the "
                  "float64 reference on batch 0, head 0; loader, packing: elements that "
-                 "differ from the reference)")
+                 "differ from the reference; training: the loss's difference from eager "
+                 "attention's in float64)")
     table = df[cols].to_markdown(index=False, floatfmt=".3g")
     return head + "\n\n" + table + "\n\n" + summary(df)
 
