@@ -188,7 +188,8 @@ def test_every_output_element_written(backend, varlen, deterministic):
     assert (out[(lse == float("-inf")).transpose(-1, -2)] == 0).all()
     grads = [torch.full_like(x, nan) for x in (q, k, v)]
     dout = torch.randn_like(q)
-    kernels.backward(dout, None, q, k, v, out, lse, *args, deterministic, *grads)
+    kernels.backward(dout, None, q, k, v, out, lse, *args, deterministic, dq=grads[0],
+                     dk=grads[1], dv=grads[2])
     for name, g in zip(("dq", "dk", "dv"), grads):
         assert torch.isfinite(g).all(), name
 
