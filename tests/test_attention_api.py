@@ -215,7 +215,8 @@ def test_reference_row_without_keys_is_zero_with_finite_grads():
 @pytest.mark.parametrize("varlen", [False, True])
 @pytest.mark.parametrize("backend", ["triton", "numba"])
 def test_compile_fullgraph_matches_eager(backend, varlen):
-    """The custom ops trace with no graph break (fullgraph=True), forward and backward."""
+    """The custom ops trace with no graph break (fullgraph=True), forward and backward,
+    with dropout (its random draw is inside the op), ALiBi and sinks."""
     torch._dynamo.reset()
     device = DEVICES[backend]
     if varlen:
@@ -229,13 +230,18 @@ def test_compile_fullgraph_matches_eager(backend, varlen):
         extra = ()
         attn = flash_attn_func
 
+    features = dict(dropout_p=0.25, alibi_slopes=torch.rand(q.shape[-2], device=device),
+                    sinks=torch.randn(q.shape[-2], device=device))
+
     def step(q, k, v):
-        out, lse = attn(q, k, v, *extra, causal=True, return_lse=True, backend=backend)
+        out, lse = attn(q, k, v, *extra, causal=True, return_lse=True, backend=backend,
+                        **features)
         return (out * 2).sum() + lse.clamp_min(-1e4).sum()
 
     results = []
     for fn in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
         leaves = [x.detach().clone().requires_grad_() for x in (q, k, v)]
+        torch.manual_seed(0)
         loss = fn(*leaves)
         loss.backward()
         results.append([loss.detach()] + [x.grad for x in leaves])

@@ -134,13 +134,17 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
             alibi_slopes: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
             softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            deterministic: bool, dropout_p: float, philox_seed: int, philox_offset: int,
-            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
-    return _kernels(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                     max_seqlen_k, softmax_scale, window_left, window_right,
-                                     softcap, dropout_p=dropout_p,
-                                     philox=(philox_seed, philox_offset),
-                                     alibi_slopes=alibi_slopes)
+            deterministic: bool, dropout_p: float, backend: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # dropout's (seed, offset) are drawn here, inside the op, as flash-attn does: the
+    # draw advances torch's generator at run time, also under torch.compile, and the
+    # backward gets them back as rng_state
+    philox = _dropout.philox_state(q.device) if dropout_p > 0 else (0, 0)
+    out, lse = _kernels(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                         max_seqlen_k, softmax_scale, window_left,
+                                         window_right, softcap, dropout_p=dropout_p,
+                                         philox=philox, alibi_slopes=alibi_slopes)
+    return out, lse, torch.tensor(philox, dtype=torch.int64)
 
 
 @_fwd_op.register_fake
@@ -149,21 +153,22 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, max_seqlen_q, max_seqle
         lse_shape = (q.shape[0], q.shape[2], q.shape[1])
     else:
         lse_shape = (q.shape[1], q.shape[0])
-    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=reference.lse_dtype(q.dtype))
+    return (q.new_empty(q.shape), q.new_empty(lse_shape, dtype=reference.lse_dtype(q.dtype)),
+            torch.empty(2, dtype=torch.int64, device="cpu"))
 
 
 @torch.library.custom_op("kernelsuite::flash_attn_bwd", mutates_args=())
 def _bwd_op(dout: torch.Tensor, dlse: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
             v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-            alibi_slopes: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
-            softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            deterministic: bool, dropout_p: float, philox_seed: int, philox_offset: int,
-            backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            alibi_slopes: Optional[torch.Tensor], rng_state: torch.Tensor, max_seqlen_q: int,
+            max_seqlen_k: int, softmax_scale: float, window_left: int, window_right: int,
+            softcap: float, deterministic: bool, dropout_p: float, backend: str
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return _kernels(backend).backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                                       max_seqlen_q, max_seqlen_k, softmax_scale, window_left,
                                       window_right, softcap, deterministic,
-                                      dropout_p=dropout_p, philox=(philox_seed, philox_offset),
+                                      dropout_p=dropout_p, philox=tuple(rng_state.tolist()),
                                       alibi_slopes=alibi_slopes)
 
 
@@ -174,16 +179,18 @@ def _(dout, dlse, q, k, v, *rest):
 
 def _setup_context(ctx, inputs, output):
     q, k, v, cu_q, cu_k, alibi, *params = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi)
+    out, lse, rng_state = output
+    ctx.mark_non_differentiable(rng_state)
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi, rng_state)
     ctx.params = params
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k, alibi = ctx.saved_tensors
+def _backward(ctx, dout, dlse, _drng):
+    q, k, v, out, lse, cu_q, cu_k, alibi, rng_state = ctx.saved_tensors
     if dlse is None:
         dlse = torch.zeros_like(lse)
-    dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, alibi, *ctx.params)
+    dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, alibi, rng_state,
+                         *ctx.params)
     # no gradient for cu_seqlens, the slopes (as flash-attn) or the scalars
     return (dq, dk, dv) + (None,) * (3 + len(ctx.params))
 
@@ -235,22 +242,24 @@ def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params
     if sinks is not None:
         check_head_vector("sinks", sinks, batch, q.shape[-2], q.device)
     params = params.bounded(max_seqlen_q, max_seqlen_k)
-    philox = _dropout.philox_state(q.device) if params.dropout_p else (0, 0)
     settings = dict(dropout_p=params.dropout_p, softmax_scale=params.softmax_scale,
                     window_size=params.window, softcap=params.softcap,
-                    alibi_slopes=alibi_slopes, philox=philox)
+                    alibi_slopes=alibi_slopes)
     lengths = (cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k) if varlen else ()
     ref = reference.flash_attn_varlen_func if varlen else reference.flash_attn_func
     if backend == "torch":
-        out, lse = ref(q, k, v, *lengths, **settings, return_lse=True, sinks=sinks)
+        philox = _dropout.philox_state(q.device) if params.dropout_p else None
+        out, lse = ref(q, k, v, *lengths, **settings, return_lse=True, sinks=sinks,
+                       philox=philox)
     else:
         head_dim = q.shape[-1]
         pad = _kernel_head_dim(head_dim) - head_dim
         qp, kp, vp = ((torch.nn.functional.pad(t, (0, pad)) for t in (q, k, v)) if pad
                       else (q, k, v))
         slopes = None if alibi_slopes is None else alibi_slopes.float().contiguous()
-        out, lse = _fwd_op(qp, kp, vp, cu_seqlens_q, cu_seqlens_k, slopes, max_seqlen_q,
-                           max_seqlen_k, *params.op_args(), *philox, backend)
+        out, lse, rng_state = _fwd_op(qp, kp, vp, cu_seqlens_q, cu_seqlens_k, slopes,
+                                      max_seqlen_q, max_seqlen_k, *params.op_args(), backend)
+        philox = tuple(rng_state.tolist()) if params.dropout_p and return_attn_probs else None
         out = out[..., :head_dim] if pad else out
         if sinks is not None:
             out, lse = _with_sinks(out, lse, sinks, varlen)
@@ -258,7 +267,8 @@ def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params
         probs = None
         if params.dropout_p:  # flash-attn's S_dmask, built from the call's (seed, offset)
             with torch.no_grad():
-                probs = ref(q, k, v, *lengths, **settings, return_attn_probs=True)[2]
+                probs = ref(q, k, v, *lengths, **settings, philox=philox,
+                            return_attn_probs=True)[2]
         return out, lse, probs
     return (out, lse) if return_lse else out
 
