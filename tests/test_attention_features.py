@@ -82,7 +82,8 @@ def test_varlen(opts, backend, dtype):
 
 
 def test_philox_is_tritons():
-    """The torch Philox (the reference's) and the Numba one give tl.philox's bits."""
+    """The torch Philox (the reference's) gives tl.philox's four words, and the Numba
+    kernels' keep bit is the reference's keep_mask."""
     from kernelsuite.attention import numba_flash
 
     i = torch.arange(256)
@@ -90,15 +91,19 @@ def test_philox_is_tritons():
     for seed, offset in ((0, 0), (12345678901234567, 17), (2**63 - 5, 2**31 - 1)):
         want = _triton_philox(seed, cols, rows, heads, offset)
         got = _dropout.philox(seed, cols, rows, heads, offset)
-        assert torch.equal(got, want)
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+        kept = _dropout.keep_mask(seed, offset, 0.4, heads, rows, cols)
         thr = _dropout.threshold(0.4)
-        kept = [numba_flash._kept(seed, c, r, h, offset, thr)
-                for c, r, h in zip(cols.tolist(), rows.tolist(), heads.tolist())]
-        assert kept == ((want >> 1) >= thr).tolist()
+        assert kept.tolist() == [numba_flash._kept(seed, c, r, h, offset, thr) for c, r, h
+                                 in zip(cols.tolist(), rows.tolist(), heads.tolist())]
+        # word col % 4 of the call at col // 4
+        words = _dropout.philox(seed, cols // 4, rows, heads, offset)
+        lane = torch.stack(words)[cols % 4, i]
+        assert torch.equal(kept, (lane >> 1) >= thr)
 
 
 def _triton_philox(seed, c0, c1, c2, c3):
-    """Triton's own tl.philox (first output, as int64 in [0, 2**32)), on the GPU or, when
+    """Triton's own tl.philox (its four words, as int64 in [0, 2**32)), on the GPU or, when
     the tests interpret Triton, on the CPU."""
     import triton
     import triton.language as tl
@@ -106,15 +111,18 @@ def _triton_philox(seed, c0, c1, c2, c3):
     @triton.jit
     def kernel(OUT, C0, C1, C2, seed, c3, N: tl.constexpr):
         i = tl.arange(0, N)
-        r, _, _, _ = tl.philox(seed, tl.load(C0 + i), tl.load(C1 + i), tl.load(C2 + i),
-                               c3 + 0 * i)
-        tl.store(OUT + i, r.to(tl.int32, bitcast=True))
+        w0, w1, w2, w3 = tl.philox(seed, tl.load(C0 + i), tl.load(C1 + i), tl.load(C2 + i),
+                                   c3 + 0 * i)
+        tl.store(OUT + i, w0.to(tl.int32, bitcast=True))
+        tl.store(OUT + N + i, w1.to(tl.int32, bitcast=True))
+        tl.store(OUT + 2 * N + i, w2.to(tl.int32, bitcast=True))
+        tl.store(OUT + 3 * N + i, w3.to(tl.int32, bitcast=True))
 
     device = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
     c0, c1, c2 = ((c & 0xFFFFFFFF).to(torch.int64).to(torch.int32) for c in (c0, c1, c2))
-    out = torch.empty(c0.numel(), dtype=torch.int32, device=device)
+    out = torch.empty(4, c0.numel(), dtype=torch.int32, device=device)
     kernel[(1,)](out, c0.to(device), c1.to(device), c2.to(device), seed, c3, N=c0.numel())
-    return out.cpu().to(torch.int64) & 0xFFFFFFFF
+    return tuple(out.cpu().to(torch.int64) & 0xFFFFFFFF)
 
 
 @pytest.mark.parametrize("backend", BACKENDS + ["torch"])

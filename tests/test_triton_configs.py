@@ -29,14 +29,16 @@ def _params():
         for (block_d, kind), tiles in table.items():
             dtypes = ([torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)]
                       if kind.startswith("tc") else [torch.float32])
-            gqa = kind.endswith("-gqa")
+            gqa, extras = kind.endswith("-gqa"), kind.endswith("-extras")
             for tile in tiles:
                 for dtype in dtypes:
                     dt = dtype.values[0] if hasattr(dtype, "values") else dtype
-                    name = (f"{kernel}-d{block_d}{'-gqa' if gqa else ''}-"
+                    name = (f"{kernel}-d{block_d}"
+                            f"{'-gqa' if gqa else ''}{'-extras' if extras else ''}-"
                             f"{'x'.join(map(str, tile))}-{dt}").replace("torch.", "")
                     marks = dtype.marks if hasattr(dtype, "marks") else ()
-                    yield pytest.param(kernel, block_d, gqa, tile, dt, id=name, marks=marks)
+                    yield pytest.param(kernel, block_d, gqa, extras, tile, dt, id=name,
+                                       marks=marks)
 
 
 @contextmanager
@@ -55,17 +57,19 @@ def only_tile(kernel, tile):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kernel,block_d,gqa,tile,dtype", list(_params()))
-def test_every_hopper_tile_is_correct(kernel, block_d, gqa, tile, dtype):
+@pytest.mark.parametrize("kernel,block_d,gqa,extras,tile,dtype", list(_params()))
+def test_every_hopper_tile_is_correct(kernel, block_d, gqa, extras, tile, dtype):
     device = DEVICES["triton"]
     # 150 rows: no multiple of any block, several blocks of every tile; 4 query heads on
-    # 2 kv heads for the GQA tiles, on 4 otherwise
+    # 2 kv heads for the GQA tiles, on 4 otherwise; the extras lists' tiles with ALiBi and
+    # dropout (the launches they serve)
     q = rand(1, 150, 4, block_d, dtype=dtype, device=device)
     k, v = (rand(1, 150, 2 if gqa else 4, block_d, dtype=dtype, device=device)
             for _ in range(2))
+    kw = dict(dropout_p=0.2, alibi_slopes=torch.rand(4, device=device)) if extras else {}
     with only_tile(kernel, tile):
         check_attention(q, k, v, backend="triton", causal=True, softcap=20.0,
-                        deterministic=kernel == "dq")
+                        deterministic=kernel == "dq", **kw)
 
 
 def check_pruning():
@@ -77,13 +81,24 @@ def check_pruning():
         for (block_d, kind), tiles in tf.HOPPER_TILES[kernel].items():
             prec = "ieee" if kind.startswith("ieee") else "tf32"
             group = 4 if kind.endswith("-gqa") else 1
+            extras = kind.endswith("-extras")
             got = tuner.early_config_prune(tuner.configs, {"group": group}, BLOCK_D=block_d,
-                                           DOT_PREC=prec)
+                                           DOT_PREC=prec, ALIBI=0, DROPOUT=extras)
             assert [tf.tile_of(c) for c in got] == tiles, (kernel, block_d, kind)
+            if extras:  # ALiBi alone takes the same list
+                got = tuner.early_config_prune(tuner.configs, {"group": 1}, BLOCK_D=block_d,
+                                               DOT_PREC=prec, ALIBI=2, DROPOUT=False)
+                assert [tf.tile_of(c) for c in got] == tiles, (kernel, block_d, kind)
         assert tf.tiles(kernel, 32, "tf32") == tf.HOPPER_TILES[kernel][64, "tc"]
     # only the dK/dV kernel has GQA lists; the others use theirs for GQA too
     assert tf.tiles("fwd", 128, "tf32", gqa=True) == tf.HOPPER_TILES["fwd"][128, "tc"]
     assert tf.tiles("dkdv", 128, "tf32", gqa=True) == tf.HOPPER_TILES["dkdv"][128, "tc-gqa"]
+    # GQA with ALiBi or dropout: the tiles both lists hold, else the extras list
+    assert tf.tiles("dkdv", 128, "tf32", gqa=True, extras=True) == [(16, 64, 8, 2)]
+    assert tf.tiles("dkdv", 64, "ieee", gqa=True, extras=True) == \
+        tf.HOPPER_TILES["dkdv"][64, "ieee-extras"]
+    # without an extras list of its own a kernel keeps its list
+    assert tf.tiles("dq", 128, "tf32", extras=True) == tf.HOPPER_TILES["dq"][128, "tc"]
 
 
 def test_tiles_are_what_the_autotuner_offers():

@@ -4,8 +4,9 @@ triton; a few bytes with another release, see _spill_budget), within the per-blo
 memory, on Hopper's tensor cores (wgmma) for 16-bit inputs.
 
 Each check compiles, through kernelsuite.harness.hopper, exactly what the JIT would compile
-on an H100/H200 for a real launch (plain, varlen, softcap and GQA; causal and not; forward,
-backward with atomic dQ, deterministic backward), with triton's own ptxas and cuobjdump.
+on an H100/H200 for a real launch (plain, varlen, softcap, GQA, ALiBi with dropout; causal
+and not; forward, backward with atomic dQ, deterministic backward), with triton's own
+ptxas and cuobjdump.
 This catches what the interpreter cannot (compiler-only rules, shared memory over the
 limit) and what only costs time on a GPU (spills). It runs in a subprocess: the compiler
 does not run under TRITON_INTERPRET.
@@ -63,15 +64,17 @@ KERNEL = {"fwd": "fwd", "bwd-dkdv": "dkdv", "bwd-dq": "dq"}
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
 def test_every_tile_the_autotuner_may_pick_has_no_spills(dtype, head_dim):
+    from kernelsuite.harness import hopper
+
     rows = static_rows("--dtype", dtype, "--head-dim", str(head_dim), "--no-padding")
     kind = "ieee" if dtype == "fp32" else "tc"
     tables = _tables()
     budget = _spill_budget()
 
-    def table(kernel, features):  # GQA launches have a list of their own where one exists
+    def table(kernel, features):  # GQA and ALiBi/dropout launches have lists of their own
         lists = tables[KERNEL[kernel]]
-        gqa = f"{head_dim}-{kind}-gqa"
-        return lists[gqa] if features == "gqa" and gqa in lists else lists[f"{head_dim}-{kind}"]
+        own = f"{head_dim}-{kind}-" + ("extras" if features == "alibi+dropout" else features)
+        return lists[own] if own in lists else lists[f"{head_dim}-{kind}"]
 
     assert {r["kernel"] for r in rows} == {"fwd", "bwd-preprocess", "bwd-dkdv", "bwd-dq"}
     for r in rows:
@@ -87,7 +90,7 @@ def test_every_tile_the_autotuner_may_pick_has_no_spills(dtype, head_dim):
             if r["kernel"] != "bwd-dkdv" and r["block_m"] >= 64:  # wgmma takes M >= 64
                 assert r["hgmma"] > 0, where  # Hopper's warpgroup MMA, not mma.sync
     for name in KERNEL:  # every tile of the table was compiled, for every feature
-        for features in ("-", "varlen", "softcap", "gqa"):
+        for features in hopper.FEATURES:
             got = {(r["block_m"], r["block_n"], r["num_warps"], r["num_stages"])
                    for r in rows if r["kernel"] == name and r["features"] == features}
             assert got == {tuple(t) for t in table(name, features)}, (name, features)

@@ -4,8 +4,12 @@ Whether probability P[query row, key col] of head h is kept is a pure function o
 (seed, offset) and of (col, row, h), so the backward recomputes the forward's mask instead of
 storing it, and every backend (Triton, Numba, the torch reference) drops the same entries:
 
-    r = Philox4x32-10(key=(seed & 0xffffffff, seed >> 32), counter=(col, row, h, offset))[0]
+    r = Philox4x32-10(key=(seed & 0xffffffff, seed >> 32),
+                      counter=(col // 4, row, h, offset))[col % 4]
     kept  <=>  (r >> 1) >= threshold(dropout_p) = floor(dropout_p * 2**31)
+
+(one Philox call gives the four words of four neighbouring keys: a quarter of the work and
+of the registers a tile of counters would take).
 
 col is the key's index in its sequence, row the query's token row (b * seqlen_q + i for
 (batch, seqlen) inputs, its packed index for varlen ones), h the query head. Philox is
@@ -55,8 +59,8 @@ def _mul(a: int, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return high, low
 
 
-def philox(seed: int, c0, c1, c2, c3) -> torch.Tensor:
-    """The first 32-bit output of Philox4x32-10 (as int64 tensors in [0, 2**32)); the
+def philox(seed: int, c0, c1, c2, c3) -> tuple[torch.Tensor, ...]:
+    """The four 32-bit outputs of Philox4x32-10 (as int64 tensors in [0, 2**32)); the
     counters broadcast against each other."""
     c0, c1, c2, c3 = torch.broadcast_tensors(*(torch.as_tensor(c).to(torch.int64) & MASK32
                                                for c in (c0, c1, c2, c3)))
@@ -66,10 +70,15 @@ def philox(seed: int, c0, c1, c2, c3) -> torch.Tensor:
         hi_a, lo_a = _mul(ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + KEY_A) & MASK32, (k1 + KEY_B) & MASK32
-    return c0
+    return c0, c1, c2, c3
 
 
 def keep_mask(seed: int, offset: int, dropout_p: float, heads, rows, cols) -> torch.Tensor:
     """Bool, True where an entry is kept; heads, rows and cols are int tensors that
     broadcast (e.g. (h, 1, 1), (1, m, 1), (1, 1, n))."""
-    return (philox(seed, cols, rows, heads, offset) >> 1) >= threshold(dropout_p)
+    cols = torch.as_tensor(cols)
+    words = philox(seed, cols // 4, rows, heads, offset)
+    lane = cols % 4
+    r = torch.where(lane == 0, words[0], torch.where(lane == 1, words[1], torch.where(
+        lane == 2, words[2], words[3])))
+    return (r >> 1) >= threshold(dropout_p)

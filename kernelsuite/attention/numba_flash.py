@@ -246,17 +246,19 @@ def _mul_hi_lo(a, b):
 
 
 @njit(cache=True, inline="always")
-def _kept(seed, c0, c1, c2, c3, thr):
-    """Dropout keeps this entry: _dropout.keep_mask for one (col c0, row c1, head c2,
-    offset c3), the same Philox4x32-10 bit for bit."""
+def _kept(seed, col, row, head, offset, thr):
+    """Dropout keeps this entry: _dropout.keep_mask for one (col, row, head, offset), the
+    same Philox4x32-10 word for word (counter (col // 4, row, head, offset), word col % 4)."""
     k0, k1 = seed & _M32, (seed >> 32) & _M32
-    c0, c1, c2, c3 = c0 & _M32, c1 & _M32, c2 & _M32, c3 & _M32
+    c0, c1, c2, c3 = (col >> 2) & _M32, row & _M32, head & _M32, offset & _M32
     for _ in range(_dropout.ROUNDS):
         hi_b, lo_b = _mul_hi_lo(_dropout.ROUND_B, c2)
         hi_a, lo_a = _mul_hi_lo(_dropout.ROUND_A, c0)
         c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
         k0, k1 = (k0 + _dropout.KEY_A) & _M32, (k1 + _dropout.KEY_B) & _M32
-    return (c0 >> 1) >= thr
+    lane = col & 3
+    r = c0 if lane == 0 else c1 if lane == 1 else c2 if lane == 2 else c3
+    return (r >> 1) >= thr
 
 
 @njit(cache=True, inline="always")

@@ -128,13 +128,19 @@ def _alibi(s, rr, cc, off, slope2, ALIBI: tl.constexpr):
 
 
 @triton.jit
-def _kept(rr, cc, h, seed, philox_off, drop_thr):
-    """Dropout: which entries of the tile (token rows rr, key cols cc, broadcasting) are
-    kept. The counter-based Philox stream of _dropout.py: the same mask in every pass and
-    every backend."""
-    zero = (rr + cc) * 0
-    r, _, _, _ = tl.philox(seed, cc + zero, rr + zero, h + zero, philox_off + zero)
-    return (r >> 1).to(tl.int32) >= drop_thr
+def _kept(rows, n0, h, seed, philox_off, drop_thr, BLOCK_N: tl.constexpr):
+    """Dropout: which entries of the (token rows, keys n0 .. n0 + BLOCK_N) tile are kept:
+    the counter-based Philox stream of _dropout.py, so every pass and every backend drops
+    the same ones. One philox call per four keys (n0 is a multiple of 4): its four words
+    are interleaved back into the tile's columns."""
+    quads = n0 // 4 + tl.arange(0, BLOCK_N // 4)
+    zero = rows[:, None] * 0 + quads[None, :] * 0
+    w0, w1, w2, w3 = tl.philox(seed, quads[None, :] + zero, rows[:, None] + zero, h + zero,
+                               philox_off + zero)
+    # join(join(w0, w2), join(w1, w3))[m, q, i, j] is word 2i + j: row-major, key 4q + 2i + j
+    words = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)),
+                       (rows.shape[0], BLOCK_N))
+    return (words >> 1).to(tl.int32) >= drop_thr
 
 
 @triton.jit
@@ -225,8 +231,8 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES,
             alpha = tl.math.exp2(m_i - m_use)
             l_i = l_i * alpha + tl.sum(p, 1)  # the softmax sums every p; dropout follows it
             if DROPOUT:
-                p = tl.where(_kept(row0 + rows[:, None], cols[None, :], h, seed, philox_off,
-                                   drop_thr), p, 0.0)
+                p = tl.where(_kept(row0 + rows, n0, h, seed, philox_off, drop_thr, BLOCK_N),
+                             p, 0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
             m_i = m_new
     # A row that saw no key: output 0, lse -inf. One whose visible scores were all -inf (an
@@ -346,8 +352,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K, ALIBI_SLOP
                                                     win_left, win_right)), pT, 0.0)
                 dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                 if DROPOUT:  # dV sums the kept P (scaled at the end); dP reaches kept ones
-                    keepT = _kept(row0 + rows[None, :], cols[:, None], h, seed, philox_off,
-                                  drop_thr)
+                    keepT = tl.trans(_kept(row0 + rows, n0, h, seed, philox_off, drop_thr,
+                                           BLOCK_N))
                     dv += tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do,
                                  input_precision=DOT_PREC)
                     dpT = tl.where(keepT, dpT * drop_scale, 0.0)
@@ -429,8 +435,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, ALIBI_SLOPES,
                              p, 0.0)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
             if DROPOUT:
-                dp = tl.where(_kept(row0 + rows[:, None], cols[None, :], h, seed, philox_off,
-                                    drop_thr), dp * drop_scale, 0.0)
+                dp = tl.where(_kept(row0 + rows, n0, h, seed, philox_off, drop_thr, BLOCK_N),
+                              dp * drop_scale, 0.0)
             ds = p * (dp - delta[:, None])
             if SOFTCAP:
                 ds = ds * (1.0 - t * t)
@@ -446,9 +452,12 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K, ALIBI_SLOPES,
 # kernel, head-dim bucket (BLOCK_D; head dims up to 64 share the 64 bucket) and products:
 # "tc" (float16/bfloat16 on the tensor cores, wgmma) or "ieee" (float32, exact products on
 # the FMA units); "-gqa" lists serve GQA/MQA launches (several query heads per kv head:
-# the dK/dV kernel's loop over them costs registers). Every tile listed compiles for sm_90
-# without register spills and within shared memory at every dtype of its kind and every
-# feature (varlen, softcap, causal): `kernelsuite hopper-static` measures it
+# the dK/dV kernel's loop over them costs registers); "-extras" lists serve launches with
+# ALiBi or dropout (the Philox counters of a tile cost registers: these lists drop the
+# tiles that spill with both on; where a kernel has no such list, none of its tiles
+# spills). Every tile listed compiles for sm_90 without register spills and within shared
+# memory at every dtype of its kind and every feature (varlen, softcap, causal, GQA,
+# ALiBi + dropout): `kernelsuite hopper-static` measures it
 # (bench/report/hopper-static.md, with the candidates they were chosen from) and
 # tests/test_triton_static.py checks it. The first tile of a list is the one used without
 # autotuning.
@@ -462,6 +471,9 @@ HOPPER_TILES = {
         (64, "ieee"): [(32, 64, 8, 2), (32, 32, 8, 2)],
         (128, "ieee"): [(32, 64, 8, 2), (16, 32, 8, 1)],
         (256, "ieee"): [(16, 32, 8, 2)],
+        (64, "tc-extras"): [(128, 128, 8, 2), (128, 64, 8, 3), (64, 64, 4, 3)],
+        (128, "tc-extras"): [(128, 64, 8, 3), (64, 64, 8, 3), (128, 32, 8, 3)],
+        (256, "tc-extras"): [(128, 32, 8, 2), (64, 32, 8, 2)],
     },
     "dkdv": {
         (64, "tc"): [(64, 64, 8, 2), (32, 128, 8, 2), (32, 64, 8, 2), (32, 64, 4, 2),
@@ -479,6 +491,11 @@ HOPPER_TILES = {
         (64, "ieee-gqa"): [(32, 32, 8, 2), (16, 32, 4, 2)],
         (128, "ieee-gqa"): [(16, 64, 8, 2)],
         (256, "ieee-gqa"): [(16, 16, 8, 1)],
+        (128, "tc-extras"): [(16, 128, 8, 2), (16, 64, 8, 2), (32, 32, 4, 2)],
+        (64, "ieee-extras"): [(16, 32, 8, 2)],
+        (128, "ieee-extras"): [(16, 16, 4, 2)],
+        (256, "tc-extras"): [(32, 32, 8, 2), (16, 32, 8, 2)],
+        (256, "ieee-extras"): [(16, 16, 4, 2)],
     },
     "dq": {
         (64, "tc"): [(128, 64, 8, 2), (128, 32, 8, 2), (64, 64, 8, 3), (64, 32, 4, 3),
@@ -489,6 +506,7 @@ HOPPER_TILES = {
         (64, "ieee"): [(64, 32, 8, 2), (32, 64, 8, 2)],
         (128, "ieee"): [(32, 64, 8, 2), (16, 32, 8, 2)],
         (256, "ieee"): [(16, 32, 8, 1)],
+        (256, "tc-extras"): [(32, 64, 8, 2), (32, 32, 4, 2)],
     },
 }
 # Under the interpreter one tile each: it is slow, and blocks smaller than the test
@@ -497,16 +515,21 @@ HOPPER_TILES = {
 INTERPRET_TILES = {"fwd": (32, 16, 4, 1), "dkdv": (16, 32, 4, 1), "dq": (32, 16, 4, 1)}
 
 
-def tiles(kernel: str, block_d: int, dot_prec: str, gqa: bool = False) -> list[tuple]:
+def tiles(kernel: str, block_d: int, dot_prec: str, gqa: bool = False,
+          extras: bool = False) -> list[tuple]:
     """The tiles the autotuner may pick for one kernel at this BLOCK_D and precision (and
-    for GQA launches, where the kernel has a list of its own)."""
+    for GQA launches, or those with ALiBi or dropout (extras), where the kernel has a list
+    of its own; with both, the tiles the two lists share, else the extras list)."""
     if INTERPRET:
         return [INTERPRET_TILES[kernel]]
     table, kind = HOPPER_TILES[kernel], "ieee" if dot_prec == "ieee" else "tc"
     bucket = max(64, block_d)
-    if gqa and (bucket, kind + "-gqa") in table:
-        kind += "-gqa"
-    return table[bucket, kind]
+    plain = table[bucket, kind]
+    gqa_list = table.get((bucket, kind + "-gqa"), plain) if gqa else plain
+    if not extras or (bucket, kind + "-extras") not in table:
+        return gqa_list
+    extra_list = table[bucket, kind + "-extras"]
+    return [t for t in extra_list if t in gqa_list] or extra_list
 
 
 def tile_of(config) -> tuple:
@@ -530,7 +553,8 @@ def autotuning() -> bool:
 def _prune(kernel):
     def prune(configs, named_args, **kwargs):
         gqa = (named_args or {}).get("group", 1) > 1
-        wanted = tiles(kernel, kwargs["BLOCK_D"], kwargs["DOT_PREC"], gqa)
+        wanted = tiles(kernel, kwargs["BLOCK_D"], kwargs["DOT_PREC"], gqa,
+                       bool(kwargs.get("ALIBI") or kwargs.get("DROPOUT")))
         keep = sorted((c for c in configs if tile_of(c) in wanted),
                       key=lambda c: wanted.index(tile_of(c)))
         if not keep:  # a config list set by hand (tests): take it as it is

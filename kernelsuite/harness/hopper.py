@@ -49,6 +49,8 @@ MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
 
 DTYPES = ("fp16", "bf16", "fp32")
+# the launch variants compiled besides the plain one, each with causal on (Problem.features)
+FEATURES = ("-", "varlen", "softcap", "gqa", "alibi+dropout")
 HEAD_DIMS = (64, 128, 256)
 # a problem's pass -> the kernel a candidate tile is tried on: the forward; the backward
 # with atomic dQ (its dK/dV kernel, the heaviest); the deterministic backward (its dQ kernel)
@@ -182,13 +184,16 @@ class Problem:
     varlen: bool = False
     softcap: bool = False
     gqa: bool = False
+    alibi: bool = False
+    dropout: bool = False
     n_cols: int = 0  # padding
     tile: tuple = ()  # a candidate (BLOCK_M, BLOCK_N, warps, stages) for the pass's kernel
 
     @property
     def features(self) -> str:
         names = [n for n, on in (("varlen", self.varlen), ("softcap", self.softcap),
-                                 ("gqa", self.gqa)) if on]
+                                 ("gqa", self.gqa), ("alibi", self.alibi),
+                                 ("dropout", self.dropout)) if on]
         return "+".join(names) or "-"
 
 
@@ -218,10 +223,12 @@ def _launch(problem: Problem):
             30.0 if problem.softcap else 0.0)
     lse_shape = (hq, q.shape[0]) if problem.varlen else (batch, hq, seqlen)
     out, lse = q.clone(), torch.empty(lse_shape, dtype=torch.float32)
+    extra = dict(dropout_p=0.1 if problem.dropout else 0.0, philox=(2**40 + 1, 3),
+                 alibi_slopes=torch.empty(hq) if problem.alibi else None)
     if problem.pass_ == "fwd":
-        tf.forward(q, k, k, *args)
+        tf.forward(q, k, k, *args, **extra)
     else:
-        tf.backward(q, None, q, k, k, out, lse, *args, problem.pass_ == "bwd-det")
+        tf.backward(q, None, q, k, k, out, lse, *args, problem.pass_ == "bwd-det", **extra)
 
 
 def _tool(name: str) -> str:
@@ -344,8 +351,9 @@ def compile_problem(problem: Problem) -> list[dict]:
 
 def attention_problems(dtypes=DTYPES, head_dims=HEAD_DIMS, features=True) -> list[Problem]:
     """Every dtype x head_dim x causal x pass (forward, backward with atomic dQ, and the
-    deterministic backward with its own dQ kernel); with features, also varlen, softcap
-    and GQA (one at a time, causal) at each dtype and head_dim."""
+    deterministic backward with its own dQ kernel); with features, also varlen, softcap,
+    GQA (one at a time, causal) and ALiBi with dropout (the two together: the most
+    registers they can cost) at each dtype and head_dim."""
     out = []
     for dtype in dtypes:
         for d in head_dims:
@@ -353,8 +361,9 @@ def attention_problems(dtypes=DTYPES, head_dims=HEAD_DIMS, features=True) -> lis
                 for causal in (False, True):
                     out.append(Problem("attention", dtype, d, causal, pass_))
                 if features:
-                    for flag in ("varlen", "softcap", "gqa"):
-                        out.append(Problem("attention", dtype, d, True, pass_, **{flag: True}))
+                    for flags in FEATURES[1:]:
+                        out.append(Problem("attention", dtype, d, True, pass_,
+                                           **{flag: True for flag in flags.split("+")}))
     return out
 
 
@@ -484,7 +493,7 @@ def render(df, triton_version: str) -> str:
             base = (g[g.features == "-"] if (g.features == "-").any() else g).iloc[0]
             regs = "/".join(str(int(g[g.features == f].registers.max()))
                             if (g.features == f).any() else "-"
-                            for f in ("-", "varlen", "softcap", "gqa"))
+                            for f in FEATURES)
             spills = int((g.spill_stores + g.spill_loads).max())
             worst = g.sort_values("warps_per_sm").iloc[0]
             tile = "-" if pd_isna(base["block_m"]) else _tile(base)
@@ -533,7 +542,8 @@ triton {triton} with its own ptxas and cuobjdump; every binary compiled cold (an
 on a fresh GPU machine.
 
 - regs: registers per thread from `cuobjdump --dump-resource-usage`, for the plain / varlen /
-  softcap / GQA variants of the launch; spills: bytes of spill stores + loads (`ptxas -v`),
+  softcap / GQA / ALiBi-with-dropout variants of the launch ("-": the tile is not in that
+  variant's list: GQA and ALiBi/dropout launches have lists of their own for some kernels); spills: bytes of spill stores + loads (`ptxas -v`),
   the worst variant; stack: stack frame bytes; smem: dynamic shared memory a block asks for
   (the per-block limit is {block} KB; fits = within it).
 - HGMMA / HMMA / TMA / cp.async: instructions in the SASS (`cuobjdump -sass`): Hopper's
@@ -547,7 +557,8 @@ on a fresh GPU machine.
   specialises exactly as it does on the GPU.
 """
 
-TABLE_HEAD = ("| dtype | d | tile (BMxBN, warps, stages) | regs (plain/varlen/softcap/gqa) | "
+TABLE_HEAD = ("| dtype | d | tile (BMxBN, warps, stages) | "
+              "regs (plain/varlen/softcap/gqa/alibi+dropout) | "
               "spills B | stack B | smem KB | fits | HGMMA | HMMA | TMA | cp.async | "
               "warps/SM | bound by | compile s |\n"
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
