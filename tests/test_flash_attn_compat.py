@@ -88,8 +88,42 @@ def test_integer_likes_and_flags_as_flash_attn_takes_them():
                                flash_attn_func(*dense), rtol=0, atol=0)
     with pytest.raises(TypeError, match="max_seqlen_q must be an int"):
         flash_attn_varlen_func(q, k, v, cu, cu, torch.tensor(5.0), 5)
-    with pytest.raises(NotImplementedError, match="block_table"):
-        flash_attn_varlen_func(q, k, v, cu, cu, 5, 5, block_table=torch.zeros(2, 1))
+    with pytest.raises(TypeError, match="block_table must be an int32"):
+        flash_attn_varlen_func(q, k[None], v[None], cu, cu, 5, 5, block_table=torch.zeros(2, 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("page_size", [1, 4])
+def test_paged_prefill_equals_the_contiguous_call(backend, page_size):
+    """flash_attn_varlen_func with block_table: k, v are paged caches whose pages are
+    scattered (a random permutation); the result (and dq) is that of the same keys stored
+    contiguously."""
+    device = DEVICES[backend]
+    lengths_q, lengths_k = (3, 6, 1), (5, 9, 0)
+    q = rand(sum(lengths_q), 4, 16, dtype=torch.float32, device=device)
+    k, v = (rand(sum(lengths_k), 2, 16, dtype=torch.float32, device=device) for _ in range(2))
+    cq, ck = cu_seqlens(lengths_q, device), cu_seqlens(lengths_k, device)
+    per_seq = -(-max(lengths_k) // page_size)
+    blocks = torch.randperm(3 * per_seq * 3, generator=torch.Generator().manual_seed(1))
+    table = blocks[:3 * per_seq].view(3, per_seq).to(torch.int32)
+    k_pages, v_pages = (torch.zeros(len(blocks), page_size, 2, 16, device=device)
+                        for _ in range(2))
+    for b, (start, n) in enumerate(zip(ck.tolist(), lengths_k)):
+        for j in range(n):
+            k_pages[table[b, j // page_size], j % page_size] = k[start + j]
+            v_pages[table[b, j // page_size], j % page_size] = v[start + j]
+    kw = dict(causal=True, backend=backend)
+    qa, qb = q.clone().requires_grad_(), q.clone().requires_grad_()
+    got = flash_attn_varlen_func(qa, k_pages, v_pages, cq, ck, 6, 9,
+                                 block_table=table.to(device), **kw)
+    want = flash_attn_varlen_func(qb, k, v, cq, ck, 6, 9, **kw)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    dout = torch.randn_like(want)
+    torch.testing.assert_close(torch.autograd.grad(got, qa, dout)[0],
+                               torch.autograd.grad(want, qb, dout)[0], rtol=0, atol=0)
+    short = table[:, :1].contiguous().to(device)  # 9 keys cannot fit one block of 1 or 4
+    with pytest.raises(ValueError, match="does not fit the block table"):
+        flash_attn_varlen_func(q, k_pages, v_pages, cq, ck, 6, 9, block_table=short, **kw)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

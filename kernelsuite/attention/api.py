@@ -16,6 +16,7 @@ import torch
 from .._checks import as_index, resolve_backend
 from . import reference
 from . import _dropout
+from ._paged import gather_paged
 from ._params import AttnParams, check_flag, check_head_vector
 
 BACKENDS = ("auto", "triton", "numba", "torch")
@@ -322,12 +323,18 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     only to itself. Returns out like q, and the float32 log-sum-exp (heads_q, total_q) with
     return_lse or return_attn_probs (S_dmask then (batch, heads_q, max_seqlen_q,
     max_seqlen_k), zero past each sequence; alibi_slopes (batch, heads_q) index sequences;
-    the dropout counter's row is the packed token index). block_table (a paged KV cache) is not supported yet
-    (NotImplementedError). Other arguments as :func:`flash_attn_func`.
+    the dropout counter's row is the packed token index). With block_table (int32 (batch,
+    max_blocks)), k and v are paged caches (num_blocks, page_size, heads_kv, d), any page
+    size, and sequence b's keys are its first cu_seqlens_k[b+1] - cu_seqlens_k[b] logical
+    rows (gathered into tokens for the kernels: a copy). Other arguments as
+    :func:`flash_attn_func`.
     """
-    if block_table is not None:
-        raise NotImplementedError("block_table: paged KV caches are not supported yet (they "
-                                  "come with flash_attn_with_kvcache)")
+    if block_table is not None:  # paged k/v: gather each sequence's pages into tokens
+        total_k = (int(cu_seqlens_k[-1]) if isinstance(cu_seqlens_k, torch.Tensor)
+                   and cu_seqlens_k.dim() == 1 and cu_seqlens_k.numel() else 0)
+        _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, total_k,
+                          q.device if isinstance(q, torch.Tensor) else None)
+        k, v = gather_paged(k, v, block_table, cu_seqlens_k, cu_seqlens_k.device)
     backend, params = _checked(q, k, v, backend, True, dropout_p, softmax_scale, causal,
                                window_size, softcap, deterministic, return_attn_probs,
                                return_lse)

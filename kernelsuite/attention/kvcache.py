@@ -27,8 +27,9 @@ import numbers
 import torch
 
 from .._checks import as_index
-from .api import _check_tensors, _resolve_backend, flash_attn_varlen_func
+from ._paged import Layout, int32_vector, segments
 from ._params import bounded_window, check_flag
+from .api import _check_tensors, _resolve_backend, flash_attn_varlen_func
 
 MAX_SPLITS = 128
 
@@ -50,75 +51,6 @@ def apply_rotary(x, cos, sin, positions, interleaved):
         x1, x2 = rot[..., :half], rot[..., half:]
         out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
     return torch.cat([out.to(x.dtype), rest], dim=-1)
-
-
-def _int32_vector(name, x, batch, device):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be an int32 tensor (batch,), got {type(x).__name__}")
-    if x.dtype != torch.int32 or tuple(x.shape) != (batch,):
-        raise ValueError(f"{name} must be int32 of shape ({batch},), got {x.dtype} "
-                         f"{tuple(x.shape)}")
-    if x.device != device:
-        raise ValueError(f"{name} is on {x.device} but q is on {device}")
-    return x.long()
-
-
-class _Layout:
-    """Where sequence b's logical cache row j lives: (pages[b, j // P], j % P) for a paged
-    cache, (rows[b], j) otherwise; capacity: the rows a sequence can hold."""
-
-    def __init__(self, k_cache, batch, block_table, cache_batch_idx, device):
-        if block_table is not None:
-            if cache_batch_idx is not None:
-                raise ValueError("cache_batch_idx cannot be combined with block_table (the "
-                                 "block table names each sequence's pages)")
-            if not isinstance(block_table, torch.Tensor) or block_table.dtype != torch.int32:
-                raise TypeError("block_table must be an int32 tensor (batch, max_blocks)")
-            if block_table.dim() != 2 or block_table.shape[0] != batch:
-                raise ValueError(f"block_table must be (batch={batch}, max_blocks), got "
-                                 f"{tuple(block_table.shape)}")
-            if block_table.device != device:
-                raise ValueError(f"block_table is on {block_table.device} but q is on {device}")
-            num_blocks, self.page = k_cache.shape[0], k_cache.shape[1]
-            if block_table.numel() and not (0 <= int(block_table.min())
-                                            and int(block_table.max()) < num_blocks):
-                raise ValueError(f"block_table entries must be in [0, {num_blocks}) (the "
-                                 f"cache's blocks), got [{int(block_table.min())}, "
-                                 f"{int(block_table.max())}]")
-            self.pages = block_table.long()
-            self.capacity = block_table.shape[1] * self.page
-        else:
-            self.pages = None
-            if cache_batch_idx is None:
-                if k_cache.shape[0] != batch:
-                    raise ValueError(f"k_cache has {k_cache.shape[0]} sequences but q has "
-                                     f"batch {batch}: pass cache_batch_idx to pick rows")
-                self.rows = torch.arange(batch, device=device)
-            else:
-                self.rows = _int32_vector("cache_batch_idx", cache_batch_idx, batch, device)
-                if batch and not (0 <= int(self.rows.min())
-                                  and int(self.rows.max()) < k_cache.shape[0]):
-                    raise ValueError(f"cache_batch_idx entries must be in [0, "
-                                     f"{k_cache.shape[0]}) (the cache's sequences)")
-            self.capacity = k_cache.shape[1]
-
-    def index(self, batch_of, j):
-        """(dim-0 index, dim-1 index) into the cache of logical rows j of sequences
-        batch_of (1-D tensors of one length)."""
-        if self.pages is None:
-            return self.rows[batch_of], j
-        return self.pages[batch_of, j // self.page], j % self.page
-
-
-def _segments(starts, ends):
-    """(sequence of each row, logical row) of the row ranges [starts[b], ends[b])."""
-    lengths = ends - starts
-    batch_of = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device),
-                                       lengths)
-    first = torch.cumsum(lengths, 0) - lengths
-    j = torch.arange(int(lengths.sum()), device=lengths.device) - first[batch_of] + \
-        starts[batch_of]
-    return batch_of, j
 
 
 def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None,
@@ -163,7 +95,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
                          "are written in place)")
     batch, seqlen_q, heads, d = q.shape
     device = q.device
-    layout = _Layout(k_cache, batch, block_table, cache_batch_idx, device)
+    layout = Layout(k_cache, batch, block_table, cache_batch_idx, device)
     if (k is None) != (v is None):
         raise ValueError("k and v must be given together (the new tokens' keys and values)")
     seqlen_new = 0
@@ -187,9 +119,9 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
     elif as_index(cache_seqlens) is not None and not isinstance(cache_seqlens, torch.Tensor):
         seqlens = torch.full((batch,), as_index(cache_seqlens), device=device)
     else:
-        seqlens = _int32_vector("cache_seqlens", cache_seqlens, batch, device)
+        seqlens = int32_vector("cache_seqlens", cache_seqlens, batch, device)
     leftpad = (torch.zeros(batch, dtype=torch.long, device=device) if cache_leftpad is None
-               else _int32_vector("cache_leftpad", cache_leftpad, batch, device))
+               else int32_vector("cache_leftpad", cache_leftpad, batch, device))
     if batch:
         if int(seqlens.min()) < 0 or int(seqlens.max()) + seqlen_new > layout.capacity:
             raise ValueError(f"cache_seqlens + seqlen_new must be in [0, {layout.capacity}] "
@@ -232,12 +164,12 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         q = apply_rotary(q, rotary_cos, rotary_sin, seqlens[:, None] + rows,
                          rotary_interleaved)
     if k is not None and seqlen_new:  # the append, in place
-        batch_of, j = _segments(seqlens, seqlens + seqlen_new)
+        batch_of, j = segments(seqlens, seqlens + seqlen_new)
         where = layout.index(batch_of, j)
         k_cache[where] = k.reshape(-1, *k.shape[2:])
         v_cache[where] = v.reshape(-1, *v.shape[2:])
     ends = seqlens + seqlen_new
-    batch_of, j = _segments(leftpad, ends)
+    batch_of, j = segments(leftpad, ends)
     where = layout.index(batch_of, j)
     keys, values = k_cache[where], v_cache[where]  # (total_k, heads_kv, d)
     lengths = (ends - leftpad).to(torch.int32)

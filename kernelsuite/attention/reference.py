@@ -14,6 +14,7 @@ import math
 import torch
 
 from . import _dropout
+from ._paged import gather_paged
 from ._params import alibi_causal, bounded_window
 
 
@@ -230,10 +231,11 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     the call's one dropout (seed, offset). Returns out (like q), and the float32
     log-sum-exp (heads_q, total_q) when return_lse; (out, lse, S_dmask) when
     return_attn_probs (S_dmask (batch, heads_q, max_seqlen_q, max_seqlen_k), zero past each
-    sequence, with dropout; else None). block_table is not supported yet.
+    sequence, with dropout; else None). With block_table, k and v are paged caches
+    (num_blocks, page_size, heads_kv, d), gathered into tokens first.
     """
     if block_table is not None:
-        raise NotImplementedError("block_table: paged KV caches are not supported yet")
+        k, v = gather_paged(k, v, block_table, cu_seqlens_k, k.device)
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(q.shape[-1])
     cq = cu_seqlens_q.tolist()
