@@ -13,11 +13,13 @@ What the call does, as flash-attn's (flash_attn_interface.py and csrc/flash_attn
    + seqlen_new), the causal / window mask aligned bottom-right on that range (ALiBi and
    softcap as in prefill).
 
-Here steps 1-2 and the gather of each sequence's visible rows are plain torch (shared by
-every backend); step 3 runs on the backend's variable-length kernels
-(:func:`flash_attn_varlen_func`): correct for every argument, but the gather copies the
-visible cache once per call. The split-KV decode kernels (FlashDecoding), which read the
-cache in place, are not built yet: ``num_splits`` is checked and has no effect.
+Steps 1-2 are plain torch, shared by every backend. Step 3: on the Numba backend with a
+float32/float64 cache, the split-KV decode kernel (numba_decode.py, FlashDecoding) reads
+the cache in place through a page table, ``num_splits`` slices per sequence (0: enough for
+the threads); otherwise (Triton, the reference, 16-bit caches on the CPU) each sequence's
+visible rows are gathered into tokens (a copy) for the variable-length kernels
+(:func:`flash_attn_varlen_func`), where ``num_splits`` has no effect. A Triton split-KV
+kernel is not built yet.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ import torch
 
 from .._checks import as_index
 from ._paged import Layout, int32_vector, segments
-from ._params import bounded_window, check_flag
+from ._params import AttnParams, bounded_window, check_flag, check_head_vector
 from .api import _check_tensors, _resolve_backend, flash_attn_varlen_func
 
 MAX_SPLITS = 128
+# caches the Numba split-KV kernel reads in place (others: the gather path)
+DECODE_DTYPES = (torch.float32, torch.float64)
 
 
 def apply_rotary(x, cos, sin, positions, interleaved):
@@ -169,6 +173,21 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         k_cache[where] = k.reshape(-1, *k.shape[2:])
         v_cache[where] = v.reshape(-1, *v.shape[2:])
     ends = seqlens + seqlen_new
+    if backend == "numba" and k_cache.dtype in DECODE_DTYPES and batch and seqlen_q:
+        # the split-KV kernel reads the cache in place, through a page table
+        from . import numba_decode
+
+        params = AttnParams.make(softmax_scale, causal, window_size, softcap, False, d)
+        params = params.bounded(seqlen_q, int((ends - leftpad).max()))
+        if alibi_slopes is not None:
+            check_head_vector("alibi_slopes", alibi_slopes, batch, heads, device, True)
+        if layout.pages is None:
+            pages, page = layout.rows[:, None], layout.capacity
+        else:
+            pages, page = layout.pages, layout.page
+        out, lse = numba_decode.decode(q, k_cache, v_cache, pages, page, ends, leftpad,
+                                       params, alibi_slopes, num_splits)
+        return (out, lse) if return_softmax_lse else out
     batch_of, j = segments(leftpad, ends)
     where = layout.index(batch_of, j)
     keys, values = k_cache[where], v_cache[where]  # (total_k, heads_kv, d)
