@@ -306,3 +306,19 @@ def test_split_kv_decode(paged):
                                           backend="numba")
             for g, w in zip(got, want):
                 torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_benchmark_case():
+    """The decode area's case: its paged cache holds the contiguous one's rows, and every
+    implementation's output is the float64 reference's."""
+    from kernelsuite.harness.cases import get_cases
+    from kernelsuite.harness.measure import Call
+
+    (case,) = get_cases(["decode"], "cpu", "tiny")
+    assert case.reference == "torch" and case.role("numba-paged") == "ours"
+    for impl in case.impls:
+        call = Call(case, impl, "cpu")
+        assert call.max_error < 1e-5, impl
+    x = call.inputs
+    pages = x.k_pages[x.table.long()].flatten(1, 2)
+    assert torch.equal(pages, x.k) and x.table.unique().numel() == x.table.numel()
