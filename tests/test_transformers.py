@@ -297,3 +297,48 @@ def test_training_benchmark_case():
     assert packed["input_ids"].numel() == padded["attention_mask"].sum() == case.tokens
     details = case.details(call.inputs)
     assert details["padding_saved"] == padded["attention_mask"].numel() - case.tokens > 0
+
+
+@torch.no_grad()
+def test_greedy_generation_through_a_paged_cache():
+    """Issue 20's example: a tiny Llama's layers driven by hand, attention through
+    flash_attn_with_kvcache on a PagedKVCache (rotary applied by the call, in the halves
+    layout Llama uses), prompt then token by token, gives transformers' greedy generate
+    token for token."""
+    from kernelsuite.attention import PagedKVCache, flash_attn_with_kvcache
+
+    config = CONFIGS["llama"]()
+    model = _model(config, "eager")
+    inner, layers = model.model, model.model.layers
+    heads, heads_kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = config.hidden_size // heads
+    prompt, new_tokens = _ids(2, 9), 12
+    want = model.generate(prompt, max_new_tokens=new_tokens, do_sample=False,
+                          attention_mask=torch.ones_like(prompt))
+    # Llama's cos/sin repeat their halves: flash-attn takes one half (seqlen, head_dim / 2)
+    positions = torch.arange(config.max_position_embeddings)[None]
+    cos, sin = (t[0, :, :head_dim // 2] for t in inner.rotary_emb(torch.zeros(1), positions))
+    caches = [PagedKVCache(num_blocks=64, page_size=4, heads_kv=heads_kv, head_dim=head_dim)
+              for _ in layers]
+    seqs = [[cache.new_sequence() for _ in range(prompt.shape[0])] for cache in caches]
+    tokens = prompt
+    step_ids = prompt
+    for _ in range(new_tokens):
+        hidden = inner.embed_tokens(step_ids)
+        batch, n = step_ids.shape
+        for layer, cache, seq in zip(layers, caches, seqs):
+            attn, x = layer.self_attn, layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(batch, n, heads, head_dim)
+            k = attn.k_proj(x).view(batch, n, heads_kv, head_dim)
+            v = attn.v_proj(x).view(batch, n, heads_kv, head_dim)
+            seqlens, table = cache.step(seq, n)
+            out = flash_attn_with_kvcache(q, cache.k_cache, cache.v_cache, k, v, cos, sin,
+                                          cache_seqlens=seqlens, block_table=table,
+                                          causal=True, rotary_interleaved=False,
+                                          softmax_scale=attn.scaling, backend="numba")
+            hidden = hidden + attn.o_proj(out.reshape(batch, n, heads * head_dim))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        logits = model.lm_head(inner.norm(hidden[:, -1:]))
+        step_ids = logits.argmax(-1)
+        tokens = torch.cat([tokens, step_ids], dim=1)
+    assert torch.equal(tokens, want)
