@@ -276,10 +276,12 @@ def test_paged_cache_allocator_and_a_decode_loop():
         cache.length(seqs[0])
 
 
+@pytest.mark.parametrize("backend", ["numba", "triton"])
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
-def test_split_kv_decode(paged):
-    """The Numba split-KV kernel on caches long enough to split (ragged, one empty), GQA
-    8:2, one and three query rows: every split count gives the reference's answer."""
+def test_split_kv_decode(paged, backend):
+    """The split-KV kernels on caches long enough to split (ragged, one empty), GQA 8:2,
+    one and three query rows: every split count gives the reference's answer."""
+    device = DEVICES[backend]
     gen = torch.Generator().manual_seed(5)
     batch, capacity, page = 4, 320, 16
     seqlens = torch.tensor([0, 70, 257, 317], dtype=torch.int32)
@@ -300,12 +302,15 @@ def test_split_kv_decode(paged):
                                        cache_seqlens=seqlens, **where, **opts,
                                        return_softmax_lse=True, backend="torch")
         for splits in (1, 3, 0):
-            got = flash_attn_with_kvcache(q, k_cache.clone(), v_cache.clone(), k, v,
-                                          cache_seqlens=seqlens, **where, **opts,
+            moved = {name: t.to(device) if torch.is_tensor(t) else t
+                     for name, t in dict(where, **opts).items()}
+            got = flash_attn_with_kvcache(q.to(device), k_cache.to(device), v_cache.to(device),
+                                          k.to(device), v.to(device),
+                                          cache_seqlens=seqlens.to(device), **moved,
                                           num_splits=splits, return_softmax_lse=True,
-                                          backend="numba")
+                                          backend=backend)
             for g, w in zip(got, want):
-                torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-5)
 
 
 def test_decode_benchmark_case():

@@ -13,13 +13,13 @@ What the call does, as flash-attn's (flash_attn_interface.py and csrc/flash_attn
    + seqlen_new), the causal / window mask aligned bottom-right on that range (ALiBi and
    softcap as in prefill).
 
-Steps 1-2 are plain torch, shared by every backend. Step 3: on the Numba backend with a
-float32/float64 cache, the split-KV decode kernel (numba_decode.py, FlashDecoding) reads
-the cache in place through a page table, ``num_splits`` slices per sequence (0: enough for
-the threads); otherwise (Triton, the reference, 16-bit caches on the CPU) each sequence's
-visible rows are gathered into tokens (a copy) for the variable-length kernels
-(:func:`flash_attn_varlen_func`), where ``num_splits`` has no effect. A Triton split-KV
-kernel is not built yet.
+Steps 1-2 are plain torch, shared by every backend. Step 3 on Triton, and on Numba with a
+float32/float64 cache: a split-KV decode kernel (triton_decode.py, numba_decode.py;
+FlashDecoding) reads the cache in place through a page table, in ``num_splits`` slices per
+sequence (0: enough for the GPU's SMs or the threads) merged by log-sum-exp. Otherwise
+(the reference, 16-bit caches on the CPU) each sequence's visible rows are gathered into
+tokens (a copy) for the variable-length kernels (:func:`flash_attn_varlen_func`), where
+``num_splits`` has no effect.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from .api import _check_tensors, _resolve_backend, flash_attn_varlen_func
 
 MAX_SPLITS = 128
 # caches the Numba split-KV kernel reads in place (others: the gather path)
-DECODE_DTYPES = (torch.float32, torch.float64)
+NUMBA_DECODE_DTYPES = (torch.float32, torch.float64)
 
 
 def apply_rotary(x, cos, sin, positions, interleaved):
@@ -173,9 +173,13 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         k_cache[where] = k.reshape(-1, *k.shape[2:])
         v_cache[where] = v.reshape(-1, *v.shape[2:])
     ends = seqlens + seqlen_new
-    if backend == "numba" and k_cache.dtype in DECODE_DTYPES and batch and seqlen_q:
-        # the split-KV kernel reads the cache in place, through a page table
-        from . import numba_decode
+    if batch and seqlen_q and (backend == "triton" or backend == "numba"
+                               and k_cache.dtype in NUMBA_DECODE_DTYPES):
+        # the split-KV kernels read the cache in place, through a page table
+        if backend == "numba":
+            from . import numba_decode as kernels
+        else:
+            from . import triton_decode as kernels
 
         params = AttnParams.make(softmax_scale, causal, window_size, softcap, False, d)
         params = params.bounded(seqlen_q, int((ends - leftpad).max()))
@@ -185,8 +189,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
             pages, page = layout.rows[:, None], layout.capacity
         else:
             pages, page = layout.pages, layout.page
-        out, lse = numba_decode.decode(q, k_cache, v_cache, pages, page, ends, leftpad,
-                                       params, alibi_slopes, num_splits)
+        out, lse = kernels.decode(q, k_cache, v_cache, pages, page, ends, leftpad, params,
+                                  alibi_slopes, num_splits)
         return (out, lse) if return_softmax_lse else out
     batch_of, j = segments(leftpad, ends)
     where = layout.index(batch_of, j)

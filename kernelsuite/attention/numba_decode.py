@@ -15,18 +15,15 @@ assumed valid: kvcache.py checks them.
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 import torch
 from numba import njit, prange
 
-from ._params import LN2, LOG2E, AttnParams
+from ._decode import BLOCK, choose_splits, merge
+from ._params import LOG2E, AttnParams
 from .numba_flash import FASTMATH, _exp2, _set_threads, _tanh
 from .reference import lse_dtype
-
-BLOCK = 64  # keys per score tile, and the granularity of a split
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -121,23 +118,6 @@ def _decode(q, kc, vc, pages, page, ends, starts, group, win_left, win_right, qk
                 lse_part[split, b, h, r] = neg_inf
 
 
-def choose_splits(batch: int, heads_kv: int, longest: int, threads: int) -> int:
-    """Enough (sequence, kv head, split) tasks for twice the threads, each split at least
-    one block of keys."""
-    blocks = max(1, math.ceil(longest / BLOCK))
-    return max(1, min(blocks, math.ceil(2 * threads / max(1, batch * heads_kv))))
-
-
-def merge(o_part, lse_part):
-    """The splits' outputs weighted by exp(lse_s - lse): (out (B, Sq, H, D), lse (B, H, Sq)
-    in natural-log units; -inf where no split saw a key)."""
-    lse2 = torch.logsumexp(lse_part * LN2, dim=0)  # natural log
-    weight = torch.exp(lse_part * LN2 - lse2)
-    weight = torch.nan_to_num(weight, nan=0.0)  # rows with no key: -inf - -inf
-    out = (weight[..., None] * o_part).sum(0)  # (B, H, Sq, D)
-    return out.transpose(1, 2), lse2
-
-
 @torch.no_grad()
 def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, alibi_slopes,
            num_splits):
@@ -150,8 +130,7 @@ def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, a
     batch, sq, heads, d = q.shape
     heads_kv = k_cache.shape[2]
     longest = int((ends - starts).max()) if batch else 0
-    splits = num_splits or choose_splits(batch, heads_kv, longest, numba.get_num_threads())
-    splits = max(1, min(splits, max(1, math.ceil(longest / BLOCK))))
+    splits = choose_splits(num_splits, batch, heads_kv, longest, numba.get_num_threads())
     if alibi_slopes is None:
         slopes, alibi = np.zeros((1, 1), ftype), 0
     else:
