@@ -342,7 +342,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
     bn = BLOCK_N
     tasks = _query_blocks(cu_q, bm)
     neg_inf = -np.inf
-    zero, one = np.zeros(1, kt.dtype)[0], np.ones(1, kt.dtype)[0]  # float32 stays float32
+    zero = np.zeros(1, kt.dtype)[0]  # float32 stays float32
     seed, offset, thr, drop_scale = drop
     for t in prange(tasks.shape[0] * heads):
         b, i0, h = tasks[t // heads, 0], tasks[t // heads, 1], t % heads
