@@ -350,15 +350,16 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ, CU_Q, CU_K, ALIBI_SLOP
                 if part != 1:
                     pT = tl.where(tl.trans(_visible(rows, cols, seqlen_q, seqlen_k, off,
                                                     win_left, win_right)), pT, 0.0)
-                dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                 if DROPOUT:  # dV sums the kept P (scaled at the end); dP reaches kept ones
+                    dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                     keepT = tl.trans(_kept(row0 + rows, n0, h, seed, philox_off, drop_thr,
                                            BLOCK_N))
                     dv += tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do,
                                  input_precision=DOT_PREC)
                     dpT = tl.where(keepT, dpT * drop_scale, 0.0)
-                else:
+                else:  # this order (dV's product first) keeps the 16-bit tiles unspilled
                     dv += tl.dot(pT.to(do.dtype), do, input_precision=DOT_PREC)
+                    dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
                 dsT = pT * (dpT - delta[None, :])
                 if SOFTCAP:
                     dsT = dsT * (1.0 - tT * tT)
