@@ -188,8 +188,8 @@ def test_against_the_oracle(case, backend, dtype):
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
 def test_num_splits_and_window_past_the_cache(backend):
-    """num_splits changes nothing here (no split-KV kernel yet); a window side at least the
-    cache's capacity is unbounded, as flash-attn normalises it, which also makes rotary
+    """num_splits changes nothing here (the cache is shorter than one split's block); a
+    window side at least the cache's capacity is unbounded, as flash-attn normalises it, which also makes rotary
     rotate every query at cache_seqlens (a non-local call)."""
     gen = torch.Generator().manual_seed(0)
     q, k_cache, v_cache, call, _, _ = _inputs("rotary_halves_noncausal", torch.float32, "cpu",
@@ -311,6 +311,44 @@ def test_split_kv_decode(paged, backend):
                                           backend=backend)
             for g, w in zip(got, want):
                 torch.testing.assert_close(g.cpu(), w, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, heads, heads_kv, d, sq, page", [
+    (torch.float64, 4, 4, 24, 1, None),   # MHA: one query row per task, padded to 4
+    (torch.float32, 16, 2, 8, 3, 5),      # 24 rows per kv head, pages of 5
+    (torch.float32, 3, 1, 40, 1, 1),      # 3 rows, pages of one token
+    (torch.float32, 4, 2, 20, 2, None),   # head_dim 20: the gather path
+], ids=["f64-mha", "group8-sq3-page5", "mqa3-page1", "d20-gather"])
+def test_numba_decode_shapes(dtype, heads, heads_kv, d, sq, page):
+    """The Numba split-KV kernel's tiling edges (query rows not a multiple of 4, odd runs
+    of keys within a page, float64) against the reference, one and two splits."""
+    gen = torch.Generator().manual_seed(11)
+    batch, capacity = 3, 150
+    seqlens = torch.tensor([149 - sq, 0, 67], dtype=torch.int32)
+    if page is None:
+        k_cache, v_cache = (torch.randn(batch, capacity, heads_kv, d, generator=gen,
+                                        dtype=dtype) for _ in range(2))
+        where = {}
+    else:
+        per_seq = -(-capacity // page)
+        blocks = 2 * batch * per_seq
+        k_cache, v_cache = (torch.randn(blocks, page, heads_kv, d, generator=gen, dtype=dtype)
+                            for _ in range(2))
+        table = torch.randperm(blocks, generator=gen)[:batch * per_seq]
+        where = dict(block_table=table.view(batch, per_seq).to(torch.int32))
+    q = torch.randn(batch, sq, heads, d, generator=gen, dtype=dtype)
+    k, v = (torch.randn(batch, sq, heads_kv, d, generator=gen, dtype=dtype) for _ in range(2))
+    want = flash_attn_with_kvcache(q, k_cache.clone(), v_cache.clone(), k, v,
+                                   cache_seqlens=seqlens, causal=True, **where,
+                                   return_softmax_lse=True, backend="torch")
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    for splits in (1, 2):
+        got = flash_attn_with_kvcache(q, k_cache.clone(), v_cache.clone(), k, v,
+                                      cache_seqlens=seqlens, causal=True, **where,
+                                      num_splits=splits, return_softmax_lse=True,
+                                      backend="numba")
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=tol, atol=tol)
 
 
 def test_decode_benchmark_case():

@@ -14,10 +14,10 @@ What the call does, as flash-attn's (flash_attn_interface.py and csrc/flash_attn
    softcap as in prefill).
 
 Steps 1-2 are plain torch, shared by every backend. Step 3 on Triton, and on Numba with a
-float32/float64 cache: a split-KV decode kernel (triton_decode.py, numba_decode.py;
+float32/float64 cache and a head_dim that is a multiple of 8: a split-KV decode kernel (triton_decode.py, numba_decode.py;
 FlashDecoding) reads the cache in place through a page table, in ``num_splits`` slices per
 sequence (0: enough for the GPU's SMs or the threads) merged by log-sum-exp. Otherwise
-(the reference, 16-bit caches on the CPU) each sequence's visible rows are gathered into
+(the reference, other caches on the CPU) each sequence's visible rows are gathered into
 tokens (a copy) for the variable-length kernels (:func:`flash_attn_varlen_func`), where
 ``num_splits`` has no effect.
 """
@@ -34,8 +34,10 @@ from ._params import AttnParams, bounded_window, check_flag, check_head_vector
 from .api import _check_tensors, _resolve_backend, flash_attn_varlen_func
 
 MAX_SPLITS = 128
-# caches the Numba split-KV kernel reads in place (others: the gather path)
+# caches the Numba split-KV kernel reads in place (others: the gather path); its P @ V
+# microkernel reads value rows in vectors of 8
 NUMBA_DECODE_DTYPES = (torch.float32, torch.float64)
+NUMBA_DECODE_HEAD_DIM_MULTIPLE = 8
 
 
 def apply_rotary(x, cos, sin, positions, interleaved):
@@ -174,7 +176,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         v_cache[where] = v.reshape(-1, *v.shape[2:])
     ends = seqlens + seqlen_new
     if batch and seqlen_q and (backend == "triton" or backend == "numba"
-                               and k_cache.dtype in NUMBA_DECODE_DTYPES):
+                               and k_cache.dtype in NUMBA_DECODE_DTYPES
+                               and d % NUMBA_DECODE_HEAD_DIM_MULTIPLE == 0):
         # the split-KV kernels read the cache in place, through a page table
         if backend == "numba":
             from . import numba_decode as kernels
