@@ -6,6 +6,10 @@ of `context` tokens, GQA 32 query heads on 8 kv heads, head_dim 128, float32 on 
   permutation of the blocks), through block_table;
 - ``sdpa`` (alternative): torch's scaled_dot_product_attention over the same (unpaged)
   cache, enable_gqa;
+- ``flex`` (alternative): FlexAttention compiled by torch.compile (inductor's C++ code for
+  the CPU) over the same cache, where this torch has it and a C++ compiler is found; the
+  warm-up call compiles (shapes after the first recompile as dynamic, as in a decode loop
+  whose context grows);
 - ``torch`` (the reference): kernelsuite's reference path (the cache gathered, then plain
   attention), at contexts up to 4k.
 
@@ -18,6 +22,7 @@ against the float64 reference. GPU cases come with the Triton split-KV kernel.
 
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import torch
@@ -34,8 +39,9 @@ SHAPES = {"tiny": [(2, 96)],
           "all": [(b, c) for b in (1, 8, 32) for c in (1024, 4096, 16384)
                   if b * c <= 8 * 16384]}
 REFERENCE_MAX_CONTEXT = 4096
-IMPLS = ["numba", "numba-paged", "sdpa", "torch"]
-ROLES = {"numba": OURS, "numba-paged": OURS, "sdpa": ALTERNATIVE, "torch": REFERENCE}
+IMPLS = ["numba", "numba-paged", "sdpa", "flex", "torch"]
+ROLES = {"numba": OURS, "numba-paged": OURS, "sdpa": ALTERNATIVE, "flex": ALTERNATIVE,
+         "torch": REFERENCE}
 
 
 def _inputs(batch, context, seed=0):
@@ -69,6 +75,26 @@ def _sdpa(x):
     return out.transpose(1, 2)
 
 
+@functools.cache
+def _compiled_flex():
+    """torch.compile(flex_attention), or None where this torch lacks it or inductor finds no
+    C++ compiler for the CPU."""
+    try:
+        from torch._inductor import cpp_builder
+        from torch.nn.attention.flex_attention import flex_attention
+
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # an older torch, or no compiler: the peer does not run here
+        return None
+    return torch.compile(flex_attention)
+
+
+def _flex(x):
+    out = _compiled_flex()(x.q.transpose(1, 2), x.k.transpose(1, 2), x.v.transpose(1, 2),
+                           enable_gqa=True)
+    return out.transpose(1, 2)
+
+
 def _reference(x):
     return flash_attn_with_kvcache(x.q, x.k, x.v, cache_seqlens=x.seqlens, backend="torch")
 
@@ -83,6 +109,8 @@ def _error(output, want):
 
 def decode_case(batch, context) -> Case:
     impls = {"numba": _ours, "numba-paged": _ours_paged, "sdpa": _sdpa}
+    if _compiled_flex() is not None:
+        impls["flex"] = _flex
     if context <= REFERENCE_MAX_CONTEXT:
         impls["torch"] = _reference
     kv_bytes = 2 * batch * context * HEADS_KV * HEAD_DIM * 4
@@ -99,5 +127,5 @@ def cases(device: str, size: str) -> list[Case]:
 
 
 AREA = Area("decode", "one token per sequence against a KV cache (CPU): the Numba split-KV "
-            "kernel, contiguous and paged, against SDPA over the same cache", cases,
-            {"cpu": IMPLS}, ROLES)
+            "kernel, contiguous and paged, against SDPA and FlexAttention over the same "
+            "cache", cases, {"cpu": IMPLS}, ROLES)
