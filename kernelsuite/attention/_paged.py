@@ -64,6 +64,12 @@ class Layout:
             return self.rows[batch_of], j
         return self.pages[batch_of, j // self.page], j % self.page
 
+    def gather(self, k_cache, v_cache, starts, ends):
+        """Every sequence b's rows [starts[b], ends[b]) of k_cache and v_cache, as (total,
+        heads_kv, d) tokens (copies)."""
+        where = self.index(*segments(starts, ends))
+        return k_cache[where], v_cache[where]
+
 
 def segments(starts, ends):
     """(sequence of each row, logical row) of the row ranges [starts[b], ends[b])."""
@@ -92,5 +98,4 @@ def gather_paged(k, v, block_table, cu_seqlens_k, device):
         raise ValueError(f"a sequence of {int(lengths.max())} keys does not fit the block "
                          f"table's {layout.capacity} rows ({block_table.shape[1]} blocks of "
                          f"{layout.page})")
-    where = layout.index(*segments(torch.zeros_like(lengths), lengths))
-    return k[where], v[where]
+    return layout.gather(k, v, torch.zeros_like(lengths), lengths)

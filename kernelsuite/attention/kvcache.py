@@ -195,9 +195,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, rotary_cos=None
         out, lse = kernels.decode(q, k_cache, v_cache, pages, page, ends, leftpad, params,
                                   alibi_slopes, num_splits)
         return (out, lse) if return_softmax_lse else out
-    batch_of, j = segments(leftpad, ends)
-    where = layout.index(batch_of, j)
-    keys, values = k_cache[where], v_cache[where]  # (total_k, heads_kv, d)
+    keys, values = layout.gather(k_cache, v_cache, leftpad, ends)  # (total_k, heads_kv, d)
     lengths = (ends - leftpad).to(torch.int32)
     cu_k = torch.zeros(batch + 1, dtype=torch.int32, device=device)
     cu_k[1:] = torch.cumsum(lengths, 0)

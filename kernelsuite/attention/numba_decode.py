@@ -32,10 +32,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._decode import BLOCK, choose_splits, merge
+from ._decode import BLOCK, merge, partials
 from ._params import LOG2E, AttnParams
 from .numba_flash import FASTMATH, _exp2, _gemm, _set_threads, _tanh
-from .reference import lse_dtype
 
 
 def _make_dots(keys):
@@ -248,24 +247,20 @@ def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, a
            num_splits):
     """(out like q, lse (B, H, Sq) float32, float64 for float64) of the decode attention;
     pages (B, blocks) int64 and page: where row j of sequence b lives (k_cache[pages[b, j //
-    page], j % page]); params bounded; num_splits 0 = choose_splits."""
+    page], j % page]); params bounded; num_splits 0 = _decode.choose_splits."""
     _set_threads()
     dtype = k_cache.dtype
     ftype = np.float64 if dtype == torch.float64 else np.float32
-    batch, sq, heads, d = q.shape
-    heads_kv = k_cache.shape[2]
-    longest = int((ends - starts).max()) if batch else 0
-    splits = choose_splits(num_splits, batch, heads_kv, longest, numba.get_num_threads())
+    heads, heads_kv = q.shape[2], k_cache.shape[2]
+    splits, o_part, lse_part = partials(q, heads_kv, ends, starts, num_splits,
+                                        numba.get_num_threads(), dtype)
     if alibi_slopes is None:
         slopes, alibi = np.zeros((1, 1), ftype), 0
     else:
         slopes = (alibi_slopes.detach().double().reshape(-1, heads) * LOG2E).numpy().astype(ftype)
         alibi = 1 if params.alibi_causal else 2
-    o_part = torch.empty((splits, batch, heads, sq, d), dtype=dtype)
-    lse_part = torch.empty((splits, batch, heads, sq), dtype=dtype)
     _decode(q.detach().to(dtype).numpy(), k_cache.detach().numpy(), v_cache.detach().numpy(),
             pages.numpy(), page, ends.numpy(), starts.numpy(), heads // heads_kv,
             *params.kernel_window, ftype(params.qk_scale), ftype(params.cap_log2), slopes,
             alibi, splits, o_part.numpy(), lse_part.numpy())
-    out, lse = merge(o_part, lse_part)
-    return out.to(q.dtype), lse.to(lse_dtype(q.dtype))
+    return merge(o_part, lse_part, q.dtype)

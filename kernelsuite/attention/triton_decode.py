@@ -18,9 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._decode import BLOCK, choose_splits, merge
+from ._decode import BLOCK, merge, partials
 from ._params import AttnParams
-from .reference import lse_dtype
 from .triton_flash import _LOG2E, _alibi, _scores
 
 
@@ -109,10 +108,8 @@ def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, a
     batch, sq, heads, d = q.shape
     heads_kv = k_cache.shape[2]
     group = heads // heads_kv
-    longest = int((ends - starts).max()) if batch else 0
-    splits = choose_splits(num_splits, batch, heads_kv, longest, _workers(q.device))
-    o_part = torch.empty((splits, batch, heads, sq, d), dtype=torch.float32, device=q.device)
-    lse_part = torch.empty((splits, batch, heads, sq), dtype=torch.float32, device=q.device)
+    splits, o_part, lse_part = partials(q, heads_kv, ends, starts, num_splits,
+                                        _workers(q.device), torch.float32)
     slopes = alibi_slopes.float().contiguous() if alibi_slopes is not None else None
     stride_ab = 0 if slopes is None or slopes.dim() == 1 else slopes.stride(0)
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -128,5 +125,4 @@ def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, a
         SOFTCAP=params.softcap > 0,
         ALIBI=0 if slopes is None else 1 if params.alibi_causal else 2,
         DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
-    out, lse = merge(o_part, lse_part)
-    return out.to(q.dtype), lse.to(lse_dtype(q.dtype))
+    return merge(o_part, lse_part, q.dtype)
