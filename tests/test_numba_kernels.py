@@ -1,10 +1,12 @@
 """The Numba attention backend's building blocks, checked on their own: the matrix-product
-microkernel (every tile shape and stride the kernels use) and the vectorizable exp2/tanh."""
+microkernel (every tile shape and stride the kernels use), the decode kernel's dot-product
+tiles and the vectorizable exp2/tanh."""
 
 import numpy as np
 import pytest
 from numba import njit
 
+from kernelsuite.attention import numba_decode as nd
 from kernelsuite.attention import numba_flash as nf
 
 
@@ -34,6 +36,36 @@ def test_gemm_matches_numpy(dtype, m, n):
                 tol = 1e-4 if dtype == np.float32 else 1e-12
                 np.testing.assert_allclose(c, expect, rtol=tol, atol=tol * max(1, k),
                                            err_msg=f"k={k} transposed={transposed}")
+
+
+@njit
+def _call_dots(s, q, k, keys, s_ldi, s_ldr, ldq, ldk, d):
+    if keys == 2:
+        nd._dots2(s, 1, s_ldi, s_ldr, q, 2, ldq, k, 3, ldk, d)
+    else:
+        nd._dots1(s, 1, s_ldi, s_ldr, q, 2, ldq, k, 3, ldk, d)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("keys", [1, 2])
+@pytest.mark.parametrize("d", [8, 32, 136])
+def test_dot_tiles_match_numpy(dtype, keys, d):
+    """S[i, r] = Q[i] . K[r] for 4 query rows and 1 or 2 key rows, every operand at an
+    offset and with its own row stride (key rows far apart, as in a cache)."""
+    rng = np.random.default_rng(d + keys)
+    q = rng.standard_normal(2 + 4 * (d + 5)).astype(dtype)  # rows at stride d + 5
+    k = rng.standard_normal(3 + keys * 4 * d).astype(dtype)  # rows at stride 4d
+    s = np.full(1 + 4 * 7, np.nan, dtype)  # S[i, r] at 1 + 7i + 3r: the rest untouched
+    _call_dots(s, q, k, keys, 7, 3, d + 5, 4 * d, d)
+    qm = np.stack([q[2 + i * (d + 5):][:d] for i in range(4)]).astype(np.float64)
+    km = np.stack([k[3 + r * 4 * d:][:d] for r in range(keys)]).astype(np.float64)
+    want = qm @ km.T
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    for i in range(4):
+        for r in range(keys):
+            np.testing.assert_allclose(s[1 + 7 * i + 3 * r], want[i, r], rtol=tol, atol=tol)
+    written = {1 + 7 * i + 3 * r for i in range(4) for r in range(keys)}
+    assert all(np.isnan(s[j]) for j in range(len(s)) if j not in written)
 
 
 @njit

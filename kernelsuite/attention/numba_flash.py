@@ -427,12 +427,12 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, dk, dv,
-              cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
+def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_part, dk,
+              dv, cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
               drop):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta
-    (Hq, Tq) = rowsum(dO * O) - dLSE. Adds dS @ K (dQ / softmax_scale) into dq_part
+    (Hq, Tq) = rowsum(dO * O) - dLSE, dlse (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
     the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
@@ -485,6 +485,13 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                             for c in range(bn):
                                 kept[c] = _kept(seed, j + c, qs + i0 + r, h, offset, thr)
                                 dsrow[c] = dsrow[c] * drop_scale if kept[c] else 0
+                        pos = i0 + r + off
+                        first = max(0, pos - win_left)
+                        if first == min(kl - 1, pos + win_right) and j <= first < j + cols:
+                            # the row sees one key: P = 1 there and O is its value row (times
+                            # the dropout scale, or 0), so dS = dLSE exactly; rowsum(dO * O)
+                            # and this dP would cancel only up to their rounding
+                            dl = dsrow[first - j] - dlse[h, qs + i0 + r]
                         if cap > 0:
                             for c in range(bn):
                                 th = _tanh(prow[c])
@@ -504,7 +511,6 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dq_part, 
                                 if not kept[c]:
                                     prow[c] = 0
                         if edge:
-                            pos = i0 + r + off
                             for c in range(bn):
                                 if _hidden(j + c, pos, kl, win_left, win_right):
                                     prow[c] = 0
@@ -687,8 +693,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     _set_threads()
     qt, kt_, vt_, ot, dot = (P.tokens(x) for x in (q, k, v, out, dout))
     delta = (dot * ot).sum(-1).transpose(0, 1)  # (Hq, Tq)
-    if dlse is not None:
-        delta = delta - P.lse_rows(dlse)
+    dlse_t = torch.zeros_like(delta) if dlse is None else P.lse_rows(dlse).to(delta.dtype)
+    delta = delta - dlse_t
     lse_t = P.lse_rows(lse)
     # -inf stays: a row that sees no key has only hidden pairs (p is set to 0 there), and
     # one whose visible scores are all -inf gets p = NaN, as the forward's NaN output
@@ -702,7 +708,7 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     _backward(*P.flat(qt), P.head_major(kt_), P.head_major(kt_, transposed=True),
               P.head_major(vt_, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
-              dq_part.numpy(), dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window,
+              dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window,
               P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop)
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
     dk_t.mul_(P.scale / float(P.qk_scale))
