@@ -12,6 +12,7 @@ from kernelsuite import cli
 from kernelsuite.attention import reference
 from kernelsuite.harness.cases import areas, find_case, get_cases, implementation_names
 from kernelsuite.harness.cases import attention as ac
+from kernelsuite.harness.cases._flex import compiled_flex
 from kernelsuite.harness.measure import check_error
 from kernelsuite.harness.registry import ALTERNATIVE, OURS, REFERENCE, Case
 from kernelsuite.harness.run import format_table, run_cases
@@ -71,6 +72,8 @@ def test_cpu_attention_cases_run_every_implementation_they_list(mode):
         # every implementation is within float32 rounding of the float64 truth ...
         assert check_error(case, name, x, outs[name]) < 1e-5, name
     assert "torch" in outs and any(name.startswith("sdpa") for name in outs)
+    # FlexAttention (compiled) joins the forward where it runs; it has no CPU backward
+    assert ("flex" in outs) == (mode == "fwd" and compiled_flex() is not None)
     assert case.flops == (ac.BWD_FACTOR if mode == "bwd" else 1 + ac.BWD_FACTOR if
                           mode == "fwd_bwd" else 1) * ac.attention_flops(1, 8, 512, 512, 64, causal=True)
     # ... and the check notices an output that is 0.1% off

@@ -3,7 +3,8 @@
 GPU sweep (issue 2): batch * seqlen = 16k tokens, heads * head_dim = 2048, head_dim 64 and
 128, causal and not, seqlen 512 to 16k, bf16 and fp16, forward and forward + backward.
 CPU sweep (issue 3): float32, batch 1, 8 heads, head_dim 64 and 128, seqlen 512 to 4096,
-causal and not, forward and forward + backward: the Numba kernels against torch SDPA.
+causal and not, forward and forward + backward: the Numba kernels against torch SDPA, and
+in the forward FlexAttention compiled by torch.compile (_flex.py; it has no CPU backward).
 Tiny (dry runs): float16, batch 1, 2 heads, head_dim 64, seqlen 80, causal, every mode.
 Modes: fwd (forward), bwd (backward alone: the forward runs once, untimed, and its graph is
 kept) and fwd_bwd (both, as a training step runs them). Each output is checked against
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from ...attention import flash_attn_func, reference
 from ..numerics import max_error_of
 from ..registry import ALTERNATIVE, OURS, REFERENCE, Area, Case
+from ._flex import compiled_flex, flex
 
 # FLOPs of the backward relative to the forward (DESIGN.md)
 BWD_FACTOR = 2.5
@@ -114,9 +116,14 @@ def error(output, want):
 # SDPA backends by name; flash and math are the ones torch has on CPU
 SDPA = {"cpu": ("sdpa_flash", "sdpa_math"),
         "cuda": ("sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math")}
-IMPLS = {"cpu": ["numba", "torch", *SDPA["cpu"]], "cuda": ["triton", "torch", *SDPA["cuda"]]}
-ROLES = {"numba": OURS, "triton": OURS, "torch": REFERENCE,
+IMPLS = {"cpu": ["numba", "torch", *SDPA["cpu"], "flex"],
+         "cuda": ["triton", "torch", *SDPA["cuda"]]}
+ROLES = {"numba": OURS, "triton": OURS, "torch": REFERENCE, "flex": ALTERNATIVE,
          **{name: ALTERNATIVE for name in SDPA["cuda"]}}
+
+
+def _flex(x):
+    return flex(x.q, x.k, x.v, causal=x.causal)
 
 
 def _backend(name):
@@ -171,6 +178,8 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, mode,
     reference_fits = batch * heads * seqlen * seqlen * 4 * (6 if backward else 3) \
         <= reference_budget_bytes
     impls = implementations(device, dtype, reference_fits)
+    if torch.device(device).type == "cpu" and not backward and compiled_flex() is not None:
+        impls["flex"] = _flex  # forward only: FlexAttention has no CPU backward
     if backward:
         wrap = _with_backward if mode == "fwd_bwd" else _backward_only
         impls = {k: wrap(fn) for k, fn in impls.items()}

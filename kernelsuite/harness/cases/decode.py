@@ -6,10 +6,8 @@ of `context` tokens, GQA 32 query heads on 8 kv heads, head_dim 128, float32 on 
   permutation of the blocks), through block_table;
 - ``sdpa`` (alternative): torch's scaled_dot_product_attention over the same (unpaged)
   cache, enable_gqa;
-- ``flex`` (alternative): FlexAttention compiled by torch.compile (inductor's C++ code for
-  the CPU) over the same cache, where this torch has it and a C++ compiler is found; the
-  warm-up call compiles (shapes after the first recompile as dynamic, as in a decode loop
-  whose context grows);
+- ``flex`` (alternative): FlexAttention compiled by torch.compile (_flex.py) over the same
+  cache, where it runs; the warm-up call compiles;
 - ``torch`` (the reference): kernelsuite's reference path (the cache gathered, then plain
   attention), at contexts up to 4k.
 
@@ -22,7 +20,6 @@ against the float64 reference. GPU cases come with the Triton split-KV kernel.
 
 from __future__ import annotations
 
-import functools
 from types import SimpleNamespace
 
 import torch
@@ -31,6 +28,7 @@ import torch.nn.functional as F
 from ...attention import flash_attn_with_kvcache, reference
 from ..numerics import max_error_of
 from ..registry import ALTERNATIVE, OURS, REFERENCE, Area, Case
+from ._flex import compiled_flex, flex
 
 HEADS, HEADS_KV, HEAD_DIM, PAGE = 32, 8, 128, 16
 # (batch, context) per size
@@ -75,24 +73,8 @@ def _sdpa(x):
     return out.transpose(1, 2)
 
 
-@functools.cache
-def _compiled_flex():
-    """torch.compile(flex_attention), or None where this torch lacks it or inductor finds no
-    C++ compiler for the CPU."""
-    try:
-        from torch._inductor import cpp_builder
-        from torch.nn.attention.flex_attention import flex_attention
-
-        cpp_builder.get_cpp_compiler()
-    except Exception:  # an older torch, or no compiler: the peer does not run here
-        return None
-    return torch.compile(flex_attention)
-
-
 def _flex(x):
-    out = _compiled_flex()(x.q.transpose(1, 2), x.k.transpose(1, 2), x.v.transpose(1, 2),
-                           enable_gqa=True)
-    return out.transpose(1, 2)
+    return flex(x.q, x.k, x.v)
 
 
 def _reference(x):
@@ -109,7 +91,7 @@ def _error(output, want):
 
 def decode_case(batch, context) -> Case:
     impls = {"numba": _ours, "numba-paged": _ours_paged, "sdpa": _sdpa}
-    if _compiled_flex() is not None:
+    if compiled_flex() is not None:
         impls["flex"] = _flex
     if context <= REFERENCE_MAX_CONTEXT:
         impls["torch"] = _reference
