@@ -34,7 +34,7 @@ from numba.extending import intrinsic
 
 from ._decode import BLOCK, merge, partials
 from ._params import LOG2E, AttnParams
-from .numba_flash import FASTMATH, _exp2, _gemm, _set_threads, _tanh
+from .numba_flash import FASTMATH, _alibi, _exp2, _gemm, _set_threads, _tanh
 
 
 def _make_dots(keys):
@@ -164,6 +164,7 @@ def _decode(q, kc, vc, pages, page, ends, starts, group, win_left, win_right, qk
         mx = np.full(rows, neg_inf, kc.dtype)
         den = np.zeros(rows, kc.dtype)
         s = np.zeros((rows4, BLOCK), kc.dtype)
+        bias = np.zeros(BLOCK, kc.dtype)
         for j0 in range(lo, hi, BLOCK):
             n = min(BLOCK, hi - j0)
             for j in range(j0 + BLOCK, min(hi, j0 + 2 * BLOCK)):  # the next block's rows
@@ -189,7 +190,9 @@ def _decode(q, kc, vc, pages, page, ends, starts, group, win_left, win_right, qk
             for m in range(rows):
                 g, r = m // sq, m % sq
                 pos = r + end - sq
-                slope2 = slopes[b % slopes.shape[0], hk * group + g]
+                if alibi != 0:  # positions from cache_leftpad, as flash-attn's
+                    _alibi(bias, alibi, slopes[b % slopes.shape[0], hk * group + g],
+                           pos - start, j0 - start)
                 m_new = mx[m]
                 for c in range(n):
                     j = j0 + c
@@ -197,10 +200,8 @@ def _decode(q, kc, vc, pages, page, ends, starts, group, win_left, win_right, qk
                         v = s[m, c]
                         if cap > 0:
                             v = cap * _tanh(v)
-                        if alibi == 1:
-                            v += slope2 * (j - start)
-                        elif alibi == 2:
-                            v -= slope2 * abs(pos - j)
+                        if alibi != 0:
+                            v += bias[c]
                         s[m, c] = v
                         m_new = max(m_new, v)
                     else:
