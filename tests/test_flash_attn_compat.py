@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from attention_helpers import DEVICES, cu_seqlens, rand
+from kernelsuite.attention import api
 from kernelsuite.attention import (flash_attn_func, flash_attn_kvpacked_func,
                                    flash_attn_qkvpacked_func, flash_attn_varlen_func,
                                    flash_attn_varlen_kvpacked_func,
@@ -94,10 +95,11 @@ def test_integer_likes_and_flags_as_flash_attn_takes_them():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("page_size", [1, 4])
-def test_paged_prefill_equals_the_contiguous_call(backend, page_size):
+def test_paged_prefill_equals_the_contiguous_call(backend, page_size, monkeypatch):
     """flash_attn_varlen_func with block_table: k, v are paged caches whose pages are
     scattered (a random permutation); the result (and dq) is that of the same keys stored
-    contiguously."""
+    contiguously. Without gradients the Triton forward reads the pages in place (no
+    gather), bit for bit the contiguous call, ALiBi, softcap and windows included."""
     device = DEVICES[backend]
     lengths_q, lengths_k = (3, 6, 1), (5, 9, 0)
     q = rand(sum(lengths_q), 4, 16, dtype=torch.float32, device=device)
@@ -121,6 +123,19 @@ def test_paged_prefill_equals_the_contiguous_call(backend, page_size):
     dout = torch.randn_like(want)
     torch.testing.assert_close(torch.autograd.grad(got, qa, dout)[0],
                                torch.autograd.grad(want, qb, dout)[0], rtol=0, atol=0)
+    if backend == "triton":
+        def no_gather(*args):
+            raise AssertionError("the pages were gathered")
+
+        monkeypatch.setattr(api, "gather_paged", no_gather)
+    extra = dict(alibi_slopes=torch.rand(4, device=device), softcap=3.0, window_size=(4, 1))
+    with torch.no_grad():
+        for opts in (kw, dict(kw, **extra)):
+            got = flash_attn_varlen_func(q, k_pages, v_pages, cq, ck, 6, 9,
+                                         block_table=table.to(device), return_lse=True, **opts)
+            want = flash_attn_varlen_func(q, k, v, cq, ck, 6, 9, return_lse=True, **opts)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=0, atol=0)
     short = table[:, :1].contiguous().to(device)  # 9 keys cannot fit one block of 1 or 4
     with pytest.raises(ValueError, match="does not fit the block table"):
         flash_attn_varlen_func(q, k_pages, v_pages, cq, ck, 6, 9, block_table=short, **kw)

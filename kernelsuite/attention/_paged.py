@@ -82,15 +82,18 @@ def segments(starts, ends):
     return batch_of, j
 
 
-def gather_paged(k, v, block_table, cu_seqlens_k, device):
+def check_paged(k, v, block_table, cu_seqlens_k, device):
     """flash_attn_varlen_func's paged k, v (num_blocks, page_size, heads_kv, d) with
-    block_table (batch, max_blocks): sequence b's keys are its logical rows
-    [0, cu_seqlens_k[b+1] - cu_seqlens_k[b]). Returns them as (total_k, heads_kv, d)
-    tokens (a copy), after checking the table against the cache and the lengths."""
+    block_table (batch, max_blocks), where sequence b's keys are its logical rows
+    [0, cu_seqlens_k[b+1] - cu_seqlens_k[b]): checks the table against the cache and the
+    lengths. Returns (Layout, lengths)."""
     for name, t in (("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be (num_blocks, page_size, heads_kv, head_dim) with "
                              "a block_table")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and "
+                         f"{tuple(v.shape)}")
     batch = cu_seqlens_k.numel() - 1
     layout = Layout(k, batch, block_table, None, device)
     lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).long()
@@ -98,4 +101,10 @@ def gather_paged(k, v, block_table, cu_seqlens_k, device):
         raise ValueError(f"a sequence of {int(lengths.max())} keys does not fit the block "
                          f"table's {layout.capacity} rows ({block_table.shape[1]} blocks of "
                          f"{layout.page})")
+    return layout, lengths
+
+
+def gather_paged(k, v, block_table, cu_seqlens_k, device):
+    """The paged k, v of check_paged as (total_k, heads_kv, d) tokens (a copy)."""
+    layout, lengths = check_paged(k, v, block_table, cu_seqlens_k, device)
     return layout.gather(k, v, torch.zeros_like(lengths), lengths)

@@ -16,7 +16,7 @@ import torch
 from .._checks import as_index, resolve_backend
 from . import reference
 from . import _dropout
-from ._paged import gather_paged
+from ._paged import check_paged, gather_paged
 from ._params import AttnParams, check_flag, check_head_vector
 
 BACKENDS = ("auto", "triton", "numba", "torch")
@@ -133,23 +133,25 @@ def _kernels(backend):
 @torch.library.custom_op("kernelsuite::flash_attn_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             cu_seqlens_q: Optional[torch.Tensor], cu_seqlens_k: Optional[torch.Tensor],
-            alibi_slopes: Optional[torch.Tensor], max_seqlen_q: int, max_seqlen_k: int,
-            softmax_scale: float, window_left: int, window_right: int, softcap: float,
-            deterministic: bool, dropout_p: float, backend: str
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            alibi_slopes: Optional[torch.Tensor], block_table: Optional[torch.Tensor],
+            max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, window_left: int,
+            window_right: int, softcap: float, deterministic: bool, dropout_p: float,
+            backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # dropout's (seed, offset) are drawn here, inside the op, as flash-attn does: the
     # draw advances torch's generator at run time, also under torch.compile, and the
     # backward gets them back as rng_state
     philox = _dropout.philox_state(q.device) if dropout_p > 0 else (0, 0)
+    paged = {} if block_table is None else dict(block_table=block_table)  # Triton only
     out, lse = _kernels(backend).forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                          max_seqlen_k, softmax_scale, window_left,
                                          window_right, softcap, dropout_p=dropout_p,
-                                         philox=philox, alibi_slopes=alibi_slopes)
+                                         philox=philox, alibi_slopes=alibi_slopes, **paged)
     return out, lse, torch.tensor(philox, dtype=torch.int64)
 
 
 @_fwd_op.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, max_seqlen_q, max_seqlen_k, *scalars):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, alibi_slopes, block_table, max_seqlen_q,
+      max_seqlen_k, *scalars):
     if cu_seqlens_q is None:
         lse_shape = (q.shape[0], q.shape[2], q.shape[1])
     else:
@@ -179,7 +181,7 @@ def _(dout, dlse, q, k, v, *rest):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, alibi, *params = inputs
+    q, k, v, cu_q, cu_k, alibi, _table, *params = inputs  # paged calls need no gradient
     out, lse, rng_state = output
     ctx.mark_non_differentiable(rng_state)
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k, alibi, rng_state)
@@ -192,8 +194,8 @@ def _backward(ctx, dout, dlse, _drng):
         dlse = torch.zeros_like(lse)
     dq, dk, dv = _bwd_op(dout, dlse, q, k, v, out, lse, cu_q, cu_k, alibi, rng_state,
                          *ctx.params)
-    # no gradient for cu_seqlens, the slopes (as flash-attn) or the scalars
-    return (dq, dk, dv) + (None,) * (3 + len(ctx.params))
+    # no gradient for cu_seqlens, the slopes (as flash-attn), the block table or the scalars
+    return (dq, dk, dv) + (None,) * (4 + len(ctx.params))
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -232,7 +234,7 @@ def _with_sinks(out, lse, sinks, varlen):
 
 
 def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params,
-         return_attn_probs, return_lse, backend, alibi_slopes, sinks):
+         return_attn_probs, return_lse, backend, alibi_slopes, sinks, block_table=None):
     """A checked call on its backend (the reference for "torch", else the custom op), with
     what flash-attn returns: out; (out, softmax_lse, S_dmask) with return_attn_probs
     (S_dmask only with dropout, else None); (out, lse) with return_lse."""
@@ -259,7 +261,8 @@ def _run(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, params
                       else (q, k, v))
         slopes = None if alibi_slopes is None else alibi_slopes.float().contiguous()
         out, lse, rng_state = _fwd_op(qp, kp, vp, cu_seqlens_q, cu_seqlens_k, slopes,
-                                      max_seqlen_q, max_seqlen_k, *params.op_args(), backend)
+                                      block_table, max_seqlen_q, max_seqlen_k,
+                                      *params.op_args(), backend)
         philox = tuple(rng_state.tolist()) if params.dropout_p and return_attn_probs else None
         out = out[..., :head_dim] if pad else out
         if sinks is not None:
@@ -310,6 +313,23 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False,
                 return_lse, backend, alibi_slopes, sinks)
 
 
+def _reads_pages(q, k, v, backend, dropout_p, return_attn_probs) -> bool:
+    """Whether a paged flash_attn_varlen_func call runs on the Triton forward reading the
+    pages in place: no gradient wanted (the backward takes tokens), a head_dim the kernels
+    take unpadded, and no S_dmask (built from tokens by the reference code). Otherwise the
+    pages are gathered."""
+    tensors = (q, k, v)
+    if not (all(isinstance(t, torch.Tensor) and t.is_floating_point() for t in tensors)
+            and k.dim() == 4 and k.shape == v.shape and k.shape[0] and k.shape[1]):
+        return False  # the gather path words the error
+    if _resolve_backend("auto" if backend is None else backend, q) != "triton":
+        return False
+    d = q.shape[-1]
+    return (not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+            and d == _kernel_head_dim(d) and k.shape[-1] == d
+            and not (return_attn_probs and dropout_p))
+
+
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            dropout_p=0.0, softmax_scale=None, causal=False,
                            window_size=(-1, -1), softcap=0.0, alibi_slopes=None,
@@ -326,15 +346,24 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     the dropout counter's row is the packed token index). With block_table (int32 (batch,
     max_blocks)), k and v are paged caches (num_blocks, page_size, heads_kv, d), any page
     size, and sequence b's keys are its first cu_seqlens_k[b+1] - cu_seqlens_k[b] logical
-    rows (gathered into tokens for the kernels: a copy). Other arguments as
-    :func:`flash_attn_func`.
+    rows: the Triton forward reads them in place where no gradient is wanted, otherwise
+    (gradients, Numba, the reference) they are gathered into tokens (a copy). Other
+    arguments as :func:`flash_attn_func`.
     """
-    if block_table is not None:  # paged k/v: gather each sequence's pages into tokens
+    pages = None
+    if block_table is not None:
         total_k = (int(cu_seqlens_k[-1]) if isinstance(cu_seqlens_k, torch.Tensor)
                    and cu_seqlens_k.dim() == 1 and cu_seqlens_k.numel() else 0)
         _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, total_k,
                           q.device if isinstance(q, torch.Tensor) else None)
-        k, v = gather_paged(k, v, block_table, cu_seqlens_k, cu_seqlens_k.device)
+        if _reads_pages(q, k, v, backend, dropout_p, return_attn_probs):
+            check_paged(k, v, block_table, cu_seqlens_k, cu_seqlens_k.device)
+            # the Triton forward reads the pages in place; the checks below see (total_k,
+            # heads_kv, d) stand-ins (views, no copy)
+            pages = (k, v)
+            k, v = (t[0, 0].expand(total_k, *t.shape[2:]) for t in pages)
+        else:  # gather each sequence's pages into tokens (a copy)
+            k, v = gather_paged(k, v, block_table, cu_seqlens_k, cu_seqlens_k.device)
     backend, params = _checked(q, k, v, backend, True, dropout_p, softmax_scale, causal,
                                window_size, softcap, deterministic, return_attn_probs,
                                return_lse)
@@ -343,10 +372,12 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                                   batch=cu_seqlens_q.numel() - 1)
     max_seqlen_q = _check_max_seqlen("max_seqlen_q", max_seqlen_q, lengths_q, q.shape[0])
     max_seqlen_k = _check_max_seqlen("max_seqlen_k", max_seqlen_k, lengths_k, k.shape[0])
+    if pages is not None:
+        k, v = pages
     # the Triton kernels read cu_seqlens as raw memory: a strided view must be copied
     return _run(q, k, v, cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(), max_seqlen_q,
                 max_seqlen_k, params, return_attn_probs, return_lse, backend, alibi_slopes,
-                sinks)
+                sinks, None if pages is None else block_table)
 
 
 def _unpacked(name, packed, parts, dim):

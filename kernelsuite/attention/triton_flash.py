@@ -56,6 +56,19 @@ def _bounds(CU, b, seqlen, IS_VARLEN: tl.constexpr):
 
 
 @triton.jit
+def _kv_rows(TABLE, cols, seqlen_k, page_size, stride_kb, stride_ks, stride_vb, stride_vs,
+             PAGED: tl.constexpr):
+    """Element offsets of the key rows cols in K and V: rows of the sequence, or (PAGED)
+    row cols % page_size of block TABLE[cols // page_size] (int64: caches can be large)."""
+    if PAGED:
+        page = tl.load(TABLE + cols // page_size, mask=cols < seqlen_k, other=0).to(tl.int64)
+        within = cols % page_size
+        return page * stride_kb + within * stride_ks, page * stride_vb + within * stride_vs
+    else:
+        return cols * stride_ks, cols * stride_vs
+
+
+@triton.jit
 def _load_tile(ptrs, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                CHECK_ROWS: tl.constexpr):
     """Load a (rows, head_dim) tile, zero-filled past n_rows and past head_dim. Masks are
@@ -165,15 +178,18 @@ def _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["seqlen_q", "seqlen_k", "win_left", "win_right", "seed", "philox_off", "drop_thr"])
-def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES,
+def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES, TABLE,
                 stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
                 stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
-                stride_lb, stride_lh,
+                stride_lb, stride_lh, stride_tb, page_size,
                 seqlen_q, seqlen_k, heads_q, group, win_left, win_right, qk_scale, cap_log2,
                 seq_key, stride_ab, seed, philox_off, drop_thr, drop_scale,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
                 BLOCK_N: tl.constexpr, IS_VARLEN: tl.constexpr, SOFTCAP: tl.constexpr,
-                ALIBI: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr):
+                ALIBI: tl.constexpr, DROPOUT: tl.constexpr, DOT_PREC: tl.constexpr,
+                PAGED: tl.constexpr):
+    """PAGED: K, V are paged caches (blocks, page_size, heads_kv, d) read in place through
+    the block table TABLE (batch, blocks) (stride_kb, stride_vb: the block strides)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -185,8 +201,13 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES,
         return
     Q += _seq_offset(b, q_start, stride_qb, stride_qs, IS_VARLEN) + h * stride_qh
     O += _seq_offset(b, q_start, stride_ob, stride_os, IS_VARLEN) + h * stride_oh
-    K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
-    V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
+    if PAGED:
+        K += (h // group) * stride_kh
+        V += (h // group) * stride_vh
+        TABLE += b * stride_tb
+    else:
+        K += _seq_offset(b, k_start, stride_kb, stride_ks, IS_VARLEN) + (h // group) * stride_kh
+        V += _seq_offset(b, k_start, stride_vb, stride_vs, IS_VARLEN) + (h // group) * stride_vh
     LSE += _seq_offset(b, q_start, stride_lb, 1, IS_VARLEN) + h * stride_lh
     row0 = _row_base(b, q_start, seqlen_q, IS_VARLEN)
     slope2 = _slope(ALIBI_SLOPES, b, h, stride_ab, ALIBI)
@@ -212,9 +233,11 @@ def _fwd_kernel(Q, K, V, O, LSE, CU_Q, CU_K, ALIBI_SLOPES,
     for part in tl.static_range(3):
         for n0 in range(spans[part], spans[part + 1], BLOCK_N):
             cols = n0 + offs_n
-            k = _load_tile(K + cols[:, None] * stride_ks + offs_d[None, :], cols, seqlen_k,
+            k_rows, v_rows = _kv_rows(TABLE, cols, seqlen_k, page_size, stride_kb, stride_ks,
+                                      stride_vb, stride_vs, PAGED)
+            k = _load_tile(K + k_rows[:, None] + offs_d[None, :], cols, seqlen_k,
                            offs_d, HEAD_DIM, BLOCK_D, part != 1)
-            v = _load_tile(V + cols[:, None] * stride_vs + offs_d[None, :], cols, seqlen_k,
+            v = _load_tile(V + v_rows[:, None] + offs_d[None, :], cols, seqlen_k,
                            offs_d, HEAD_DIM, BLOCK_D, part != 1)
             s, _t = _scores(tl.dot(q, tl.trans(k), input_precision=DOT_PREC), qk_scale,
                             cap_log2, SOFTCAP)
@@ -569,9 +592,10 @@ def _prune(kernel):
 # group (query heads per kv head) picks the GQA tiles.
 _KEY = ["seq_key", "HEAD_DIM", "win_right", "IS_VARLEN", "SOFTCAP", "ALIBI", "DROPOUT",
         "group"]
+_FWD_KEY = _KEY + ["PAGED"]
 
 
-_fwd = triton.autotune(_configs("fwd"), key=_KEY,
+_fwd = triton.autotune(_configs("fwd"), key=_FWD_KEY,
                        prune_configs_by=_prune("fwd"))(_fwd_kernel)
 _bwd_dkdv = triton.autotune(_configs("dkdv"), key=_KEY, prune_configs_by=_prune("dkdv"),
                             reset_to_zero=["DQ"])(_bwd_dkdv_kernel)
@@ -628,10 +652,12 @@ class _Launch:
 
 def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
             window_left, window_right, softcap, *, dropout_p=0.0, philox=(0, 0),
-            alibi_slopes=None, out=None, lse=None):
+            alibi_slopes=None, block_table=None, out=None, lse=None):
     """Returns (out, lse). lse is float32, (batch, heads, seqlen_q) or (heads, total_q).
     dropout_p with philox = (seed, offset): see _dropout.py; alibi_slopes: float32 (heads,)
-    or (batch, heads), contiguous.
+    or (batch, heads), contiguous. block_table (varlen only; int32 (batch, max_blocks)): k
+    and v are paged caches (num_blocks, page_size, heads_kv, d), read in place (checked by
+    the caller); sequence b's keys are its first cu_seqlens_k[b+1] - cu_seqlens_k[b] rows.
 
     out and lse may be given (contiguous, of those shapes); tests poison them to check that
     every element is written.
@@ -649,10 +675,18 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
         return out, lse
     grid = lambda meta: (triton.cdiv(L.max_seqlen_q, meta["BLOCK_M"]), L.batch * L.heads_q)  # noqa: E731
     qk_scale, cap_log2, _, seq_key = L.scales
-    _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, L.alibi, *L.strides(q),
-               *L.strides(k), *L.strides(v), *L.strides(out), *L.lse_strides(lse),
+    paged = block_table is not None
+    if paged:  # (block, row, head) strides; the table's row stride and the page size
+        kv_strides = (*k.stride()[:3], *v.stride()[:3])
+        block_table = block_table.contiguous()
+        table = (block_table, block_table.stride(0), k.shape[1])
+    else:
+        kv_strides = (*L.strides(k), *L.strides(v))
+        table = (None, 0, 1)
+    _fwd[grid](q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, L.alibi, table[0],
+               *L.strides(q), *kv_strides, *L.strides(out), *L.lse_strides(lse), *table[1:],
                L.max_seqlen_q, L.max_seqlen_k, L.heads_q, L.group, *L.window, qk_scale,
-               cap_log2, seq_key, *L.extras, **L.constexprs)
+               cap_log2, seq_key, *L.extras, PAGED=paged, **L.constexprs)
     return out, lse
 
 
