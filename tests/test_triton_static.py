@@ -120,6 +120,45 @@ def test_pad_unpad_moves_16_byte_vectors_without_spills(tmp_path):
     assert "0 with register spills" in text
 
 
+# the PAGED forward (flash_attn_varlen_func's block_table read in place), compiled as a
+# real launch: bf16, head_dim 128, GQA 16/4, pages of 16; one JSON row per binary
+_PAGED = """
+import json, torch
+from kernelsuite.attention import triton_flash as tf
+from kernelsuite.harness import hopper
+q = torch.empty(1024, 16, 128, dtype=torch.bfloat16)
+pages = torch.empty(96, 16, 4, 128, dtype=torch.bfloat16)
+table = torch.arange(64, dtype=torch.int32).view(2, 32)
+cu = torch.tensor([0, 512, 1024], dtype=torch.int32)
+sink = []
+with hopper.compile_only(sink):
+    tf.forward(q, pages, pages, cu, cu, 512, 512, 128 ** -0.5, -1, 0, 0.0, block_table=table)
+for label, config, compiled, seconds, log in sink:
+    print(json.dumps(dict(kernel=label, tile=[config.get("BLOCK_M"), config.get("BLOCK_N"),
+                                              compiled.metadata.num_warps,
+                                              compiled.metadata.num_stages],
+                          **hopper.resources(compiled, log))))
+"""
+
+
+@pytest.mark.static
+def test_the_paged_forward_compiles_without_spills():
+    """Every tile the autotuner may pick for the paged forward compiles for sm_90 without
+    spills, its products on wgmma, the row lookups through the block table included."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _PAGED], env=env, capture_output=True,
+                          text=True, timeout=1500, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    tables = _tables()["fwd"]
+    tiles = tables.get("128-tc-gqa", tables["128-tc"])  # GQA's own list where it has one
+    assert rows and {tuple(r["tile"]) for r in rows} == {tuple(t) for t in tiles}
+    for r in rows:
+        assert r["kernel"] == "fwd" and r["hgmma"] > 0, r
+        assert max(r["spill_stores"], r["spill_loads"]) <= _spill_budget(), r
+
+
 def test_occupancy_follows_the_sm90_limits():
     from kernelsuite.harness.hopper import occupancy
 
