@@ -159,6 +159,51 @@ def test_the_paged_forward_compiles_without_spills():
         assert max(r["spill_stores"], r["spill_loads"]) <= _spill_budget(), r
 
 
+# the split-KV decode kernel through flash_attn_with_kvcache's launcher: GQA 32/8, a
+# paged cache of pages of 16; each dtype at head_dim 128 with one and four query rows, and
+# head_dim 256 with one
+_DECODE = """
+import json, torch
+from kernelsuite.attention import triton_decode as td
+from kernelsuite.attention._params import AttnParams
+from kernelsuite.harness import hopper
+sink, shapes = [], []
+with hopper.compile_only(sink):
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for sq, d in ((1, 128), (4, 128), (1, 256)):
+            params = AttnParams.make(None, True, (-1, -1), 0.0, False, d).bounded(sq, 1024)
+            q = torch.empty(2, sq, 32, d, dtype=dtype)
+            cache = torch.empty(128, 16, 8, d, dtype=dtype)
+            pages = torch.arange(128).view(2, 64)
+            ends = torch.full((2,), 1000)
+            td.decode(q, cache, cache, pages, 16, ends, torch.zeros(2, dtype=torch.long),
+                      params, None, 0)
+            shapes.append((str(dtype), sq, d))
+for (label, config, compiled, seconds, log), (dtype, sq, d) in zip(sink, shapes):
+    print(json.dumps(dict(kernel=label, dtype=dtype, sq=sq, head_dim=d,
+                          warps=compiled.metadata.num_warps,
+                          **hopper.resources(compiled, log))))
+"""
+
+
+@pytest.mark.static
+def test_the_decode_kernel_compiles_without_spills():
+    """The split-KV decode kernel compiles for sm_90 without spills for every cache dtype,
+    one query row and four (speculative decoding), head_dim 128 and 256, its 16-bit
+    products on tensor cores (mma.sync: wgmma needs 64 query rows, a decode has a few)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _DECODE], env=env, capture_output=True,
+                          text=True, timeout=1500, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 9 and {r["kernel"] for r in rows} == {"decode"}
+    for r in rows:
+        assert max(r["spill_stores"], r["spill_loads"]) <= _spill_budget(), r
+        if r["dtype"] != "torch.float32":
+            assert r["hgmma"] + r["hmma"] > 0, r
+
+
 def test_occupancy_follows_the_sm90_limits():
     from kernelsuite.harness.hopper import occupancy
 

@@ -101,6 +101,17 @@ def _workers(device) -> int:
     return 1
 
 
+def _tile(dtype, block_d) -> tuple[int, int]:
+    """(keys per step, warps) per program, so that no tile spills on sm_90
+    (tests/test_triton_static.py): the float32 product (FMA, no tensor cores) holds its K
+    and V tiles in registers: 64 keys with 4 warps spilled 700 bytes per thread at head_dim
+    128 (8 warps: 176 registers, none), and 628 bytes with 8 warps at head_dim 256 (172
+    with 16), so there it takes 32 keys. 16-bit tiles fit 4 warps up to head_dim 128."""
+    if dtype == torch.float32:
+        return (BLOCK, 8) if block_d <= 128 else (BLOCK // 2, 8)
+    return (BLOCK, 4) if block_d <= 128 else (BLOCK, 8)
+
+
 @torch.no_grad()
 def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, alibi_slopes,
            num_splits):
@@ -114,15 +125,17 @@ def decode(q, k_cache, v_cache, pages, page, ends, starts, params: AttnParams, a
     stride_ab = 0 if slopes is None or slopes.dim() == 1 else slopes.stride(0)
     q = q if q.stride(-1) == 1 else q.contiguous()
     pages = pages.contiguous()
+    block_d = max(16, triton.next_power_of_2(d))
+    block_n, warps = _tile(q.dtype, block_d)
     _decode_kernel[(splits, batch * heads_kv)](
         q, k_cache, v_cache, pages, ends.contiguous(), starts.contiguous(), slopes, o_part,
         lse_part, q.stride(0), q.stride(1), q.stride(2), *k_cache.stride()[:3],
         *v_cache.stride()[:3], pages.stride(0), stride_ab, *o_part.stride()[:4],
         *lse_part.stride()[:3], page, sq, heads_kv, group, splits, *params.kernel_window,
-        params.qk_scale, params.cap_log2, HEAD_DIM=d,
-        BLOCK_D=max(16, triton.next_power_of_2(d)),
-        BLOCK_M=max(16, triton.next_power_of_2(group * sq)), BLOCK_N=BLOCK,
+        params.qk_scale, params.cap_log2, HEAD_DIM=d, BLOCK_D=block_d,
+        BLOCK_M=max(16, triton.next_power_of_2(group * sq)), BLOCK_N=block_n,
         SOFTCAP=params.softcap > 0,
         ALIBI=0 if slopes is None else 1 if params.alibi_causal else 2,
-        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32")
+        DOT_PREC="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=warps)
     return merge(o_part, lse_part, q.dtype)

@@ -136,19 +136,21 @@ class _Recorder:
 
 @contextmanager
 def compile_only(sink, tiles=None):
-    """Inside: the attention and pad/unpad launchers compile for sm_90 and launch nothing;
+    """Inside: the attention (prefill and decode) and pad/unpad launchers compile for sm_90
+    and launch nothing;
     what each launch compiled goes to sink (see _Recorder). tiles: {label: [tile, ...]}
     compiles those tiles for that kernel instead of the ones its autotuner would pick."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("the sm_90 compile needs the compiler: unset TRITON_INTERPRET")
     from triton.runtime import driver
 
+    from ..attention import triton_decode as td
     from ..attention import triton_flash as tf
     from ..batching import triton_padding as tp
 
     kernels = {(tf, "_fwd"): "fwd", (tf, "_bwd_preprocess_kernel"): "bwd-preprocess",
                (tf, "_bwd_dkdv"): "bwd-dkdv", (tf, "_bwd_dq"): "bwd-dq",
-               (tp, "_gather_rows_kernel"): "pad-unpad"}
+               (td, "_decode_kernel"): "decode", (tp, "_gather_rows_kernel"): "pad-unpad"}
     saved = {key: getattr(*key) for key in kernels}
     previous = getattr(driver, "_active", None)
     driver.set_active(_CompileOnly())
