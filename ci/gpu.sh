@@ -13,7 +13,7 @@
 # passes on), so a slow first area cannot leave the others nothing.
 #
 #   bash ci/gpu.sh [--dry-run] [--out DIR] [--pack FILE] [--steps tests,bench,profile,asv]
-#                  AREA...        (areas: attention data padding; default: all of them)
+#                  AREA...        (areas: attention data decode padding; default: all)
 #
 # --dry-run: the same steps on a CPU machine, in seconds: tiny shapes, Triton under
 # TRITON_INTERPRET=1, the tests collected, one asv benchmark through the same command
@@ -42,23 +42,27 @@ done
 declare -A TESTS=(
     [attention]="tests/test_attention.py tests/test_attention_api.py tests/test_triton_configs.py"
     [data]="tests/test_data_loader.py tests/test_data_shards.py"
+    [decode]="tests/test_attention_kvcache.py"
     [padding]="tests/test_batching_padding.py tests/test_batching_collate.py"
 )
 # the case each area profiles (largest causal forward + backward for attention), and in
 # a dry run its tiny twin
 declare -A PROFILE=([attention]=attention/fwd_bwd-bfloat16-causal-d128-s16384-b1h16
-                    [data]=data/tokens-b32-s2048 [padding]=padding/pad-p50)
+                    [data]=data/tokens-b32-s2048 [decode]=decode/b64-ctx8192-bfloat16
+                    [padding]=padding/pad-p50)
 declare -A PROFILE_TINY=([attention]=attention/fwd_bwd-float16-causal-d64-s80-b1h2
-                         [data]=data/tokens-b4-s128 [padding]=padding/pad-p50-4x64x64)
+                         [data]=data/tokens-b4-s128 [decode]=decode/b2-ctx96-float16
+                         [padding]=padding/pad-p50-4x64x64)
 # asv: which (benchmark, case, impl) of the area's CUDA suite one run measures. Each is a
 # fresh process (import, autotune, time: ~5-10 s on the GPU machine), so a run takes a
 # selection; override with ASV_ATTENTION=... etc., or ASV_<AREA>=all.
 declare -A ASV=(
     [attention]="${ASV_ATTENTION:-AttentionCUDA\.(time_call\('(fwd|fwd_bwd)-bfloat16-causal-d128-s(4096|16384)-.*'|track_peak_memory\('fwd_bwd-bfloat16-causal-d128-s16384-.*'), '(triton|sdpa_flash)'\)}"
     [data]="${ASV_DATA:-DataCUDA\.(time_call|track_mtok_s)\('tokens-b32-s2048', '(numba|torch)'\)}"
+    [decode]="${ASV_DECODE:-DecodeCUDA\.(time_call|track_frac_peak)\('b64-ctx8192-bfloat16', '(triton|triton-paged|sdpa)'\)}"
     [padding]="${ASV_PADDING:-PaddingCUDA\.(time_call\('(unpad|pad)-p50', '(triton|torch)'|track_gbps\('(unpad|pad)-p50', 'triton')\)}"
 )
-KNOWN="attention data padding"
+KNOWN="attention data decode padding"
 [ ${#AREAS[@]} -eq 0 ] && read -ra AREAS <<< "$KNOWN"
 for area in "${AREAS[@]}"; do
     if [ -z "${TESTS[$area]+x}" ]; then

@@ -9,7 +9,7 @@
 #   .gpu/repo.git  a bare clone of this checkout: the device tool copies the working tree
 #              without .git, and asv records results against a commit.
 # Both are ignored by git; carry them: device run(carry=[".whl", ".gpu"], command=
-#   "bash ci/gpu.sh --out /tmp/gpu-out --pack $OUT/gpu-run.tgz attention data padding").
+#   "bash ci/gpu.sh --out /tmp/gpu-out --pack $OUT/gpu-run.tgz attention data decode padding").
 # Usage: bash ci/gpu_prepare.sh [--python-version 3.12] [--dest DIR] (DIR default: .)
 set -euo pipefail
 cd "$(dirname "$0")/.."

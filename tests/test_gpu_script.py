@@ -1,8 +1,8 @@
 """ci/gpu.sh --dry-run: the GPU job's script, run on this CPU machine the way CI runs it, so
 that a typo, a missing file or a broken step cannot waste a GPU run (issue 14).
 
-The dry run goes through every step of `ci/gpu.sh attention data padding` with tiny shapes
-and Triton under the interpreter: preflight, the tests' collection, the benchmark tables,
+The dry run goes through every step of `ci/gpu.sh attention data decode padding` with tiny
+shapes and Triton under the interpreter: preflight, the tests' collection, the benchmark tables,
 a torch.profiler trace, the asv selection and one asv benchmark through the same command
 line; what needs CUDA is reported as skipped. The checks read what it wrote.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-AREAS = ("attention", "data", "padding")
+AREAS = ("attention", "data", "decode", "padding")
 
 
 def _env(tmp_path):
