@@ -261,12 +261,12 @@ def test_padding_cases_gpu_only_and_correct_on_a_small_shape(monkeypatch):
 
 def test_roofline_floors_of_every_gpu_case():
     """Every GPU case has a floor: compute-bound long attention and training steps,
-    memory-bound pad/unpad and a loader bound by the host link, at the H200's datasheet
-    peaks."""
+    memory-bound pad/unpad and decode (the KV cache read once), and a loader bound by the
+    host link, at the H200's datasheet peaks."""
     from kernelsuite.harness.roofline import floor_seconds, render, table
 
     df = table("H200")
-    assert set(df.kernel) == {"attention", "data", "padding", "training"}
+    assert set(df.kernel) == {"attention", "data", "decode", "padding", "training"}
     assert len(df) == len(get_cases(None, "cuda", "all")) - len(get_cases(["packing"], "cuda",
                                                                            "all"))
     assert df.quick.sum() == len([c for c in get_cases(None, "cuda") if c.kernel != "packing"])
@@ -274,6 +274,7 @@ def test_roofline_floors_of_every_gpu_case():
     assert big.bound == "compute" and big.floor_ms == pytest.approx(big.gflop / 989)
     assert big.floor_measured_ms == pytest.approx(big.gflop / 790)
     assert set(df[df.kernel == "padding"].bound) == {"memory"}
+    assert set(df[df.kernel == "decode"].bound) == {"memory"}
     assert set(df[df.kernel == "data"].bound) == {"host link"}
     assert set(df[df.kernel == "training"].bound) == {"compute"}
     case = Case(kernel="toy", name="t", params={}, flops=2e12, bytes=1e9, host_bytes=1e9,
