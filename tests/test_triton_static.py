@@ -36,14 +36,19 @@ def _spill_budget() -> int:
     return 0 if f"triton=={triton.__version__}" in pins else 64
 
 
-def static_rows(*args) -> list[dict]:
+def _compiler_rows(*args) -> list[dict]:
+    """The JSON lines printed by `python ARGS`, run in a subprocess without the interpreter
+    (the compiler does not run under TRITON_INTERPRET)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernelsuite.harness.hopper", "--json",
-                           "--jobs", "1", *args], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True,
                           timeout=1500, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def static_rows(*args) -> list[dict]:
+    return _compiler_rows("-m", "kernelsuite.harness.hopper", "--json", "--jobs", "1", *args)
 
 
 def _tables():
@@ -51,10 +56,7 @@ def _tables():
     code = ("import json; from kernelsuite.attention import triton_flash as tf; "
             "print(json.dumps({k: {f'{d}-{p}': v for (d, p), v in t.items()} "
             "for k, t in tf.HOPPER_TILES.items()}))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    return json.loads(out)
+    return _compiler_rows("-c", code)[0]
 
 
 KERNEL = {"fwd": "fwd", "bwd-dkdv": "dkdv", "bwd-dq": "dq"}
@@ -145,12 +147,7 @@ for label, config, compiled, seconds, log in sink:
 def test_the_paged_forward_compiles_without_spills():
     """Every tile the autotuner may pick for the paged forward compiles for sm_90 without
     spills, its products on wgmma, the row lookups through the block table included."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _PAGED], env=env, capture_output=True,
-                          text=True, timeout=1500, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = _compiler_rows("-c", _PAGED)
     tables = _tables()["fwd"]
     tiles = tables.get("128-tc-gqa", tables["128-tc"])  # GQA's own list where it has one
     assert rows and {tuple(r["tile"]) for r in rows} == {tuple(t) for t in tiles}
@@ -191,12 +188,7 @@ def test_the_decode_kernel_compiles_without_spills():
     """The split-KV decode kernel compiles for sm_90 without spills for every cache dtype,
     one query row and four (speculative decoding), head_dim 128 and 256, its 16-bit
     products on tensor cores (mma.sync: wgmma needs 64 query rows, a decode has a few)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", _DECODE], env=env, capture_output=True,
-                          text=True, timeout=1500, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = _compiler_rows("-c", _DECODE)
     assert len(rows) == 9 and {r["kernel"] for r in rows} == {"decode"}
     for r in rows:
         assert max(r["spill_stores"], r["spill_loads"]) <= _spill_budget(), r

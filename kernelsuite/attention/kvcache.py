@@ -14,9 +14,10 @@ What the call does, as flash-attn's (flash_attn_interface.py and csrc/flash_attn
    softcap as in prefill).
 
 Steps 1-2 are plain torch, shared by every backend. Step 3 on Triton, and on Numba with a
-float32/float64 cache and a head_dim that is a multiple of 8: a split-KV decode kernel (triton_decode.py, numba_decode.py;
-FlashDecoding) reads the cache in place through a page table, in ``num_splits`` slices per
-sequence (0: enough for the GPU's SMs or the threads) merged by log-sum-exp. Otherwise
+float32/float64 cache and a head_dim that is a multiple of 8: a split-KV decode kernel
+(triton_decode.py, numba_decode.py; FlashDecoding) reads the cache in place through a page
+table, in ``num_splits`` slices per sequence (0: enough for the GPU's SMs or the threads)
+merged by log-sum-exp. Otherwise
 (the reference, other caches on the CPU) each sequence's visible rows are gathered into
 tokens (a copy) for the variable-length kernels (:func:`flash_attn_varlen_func`), where
 ``num_splits`` has no effect.

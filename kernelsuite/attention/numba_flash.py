@@ -431,8 +431,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
               dv, cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
               drop):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
-    lse2 (Hq, Tq) the LSE in log2 units; delta
-    (Hq, Tq) = rowsum(dO * O) - dLSE, dlse (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
+    lse2 (Hq, Tq) the LSE in log2 units; delta (Hq, Tq) = rowsum(dO * O) - dLSE, dlse
+    (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
     the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
@@ -708,8 +708,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     _backward(*P.flat(qt), P.head_major(kt_), P.head_major(kt_, transposed=True),
               P.head_major(vt_, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
-              dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(), dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window,
-              P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop)
+              dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(),
+              dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop)
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
     dk_t.mul_(P.scale / float(P.qk_scale))
     results = []
