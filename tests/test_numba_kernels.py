@@ -2,6 +2,10 @@
 microkernel (every tile shape and stride the kernels use), the decode kernel's dot-product
 tiles and the vectorizable exp2/tanh."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -17,7 +21,7 @@ def _call_gemm(c, a, b, m, n, k, sa_m, sa_k, accumulate):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("m", [4, 8, 12, 20, 64])
-@pytest.mark.parametrize("n", [8, 16, 24, 64])
+@pytest.mark.parametrize("n", [8, 16, 24, 40, 56, 64])
 def test_gemm_matches_numpy(dtype, m, n):
     rng = np.random.default_rng(m * 100 + n)
     if dtype == np.float64 and n % 8:
@@ -107,3 +111,20 @@ def test_float64_is_full_precision():
     x = np.linspace(-50, 5, 1001)
     np.testing.assert_allclose(_exp2_all(x), np.exp2(x), rtol=1e-15, atol=0)
     np.testing.assert_allclose(_tanh_all(x), np.tanh(x), rtol=1e-15, atol=0)
+
+
+def test_torch_keeps_its_thread_count():
+    """Numba's OpenMP pool, started by the first parallel kernel, sets the process's OpenMP
+    thread count, which torch reads as its own: a call must leave torch's setting as the user
+    made it. Run in a fresh process, where the pool is not started yet."""
+    code = ("import numba, torch\n"
+            "torch.set_num_threads(1)\n"
+            "from kernelsuite.attention import flash_attn_func\n"
+            "q = torch.randn(1, 8, 2, 16)\n"
+            "flash_attn_func(q, q, q, backend='numba')\n"
+            "print(torch.get_num_threads(), numba.get_num_threads(), "
+            "numba.config.NUMBA_NUM_THREADS)\n")
+    env = dict(os.environ, NUMBA_NUM_THREADS="2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["1", "1", "2"], out

@@ -3,8 +3,8 @@
 The same method as the Triton kernels (triton_flash.py), laid out for a CPU:
 
 - Every matrix product goes through one register-blocked microkernel (``_make_tile``): 6 rows
-  of C times one 64-byte vector of columns, the accumulators held in registers across the
-  whole reduction. It is written as LLVM vector IR through numba's ``@intrinsic`` because
+  of C times 128 bytes of columns with AVX-512 (64 without), the accumulators held in
+  registers across the whole reduction. It is written as LLVM vector IR through numba's ``@intrinsic`` because
   plain Numba loops cannot hold a tile of accumulators in registers: LLVM either vectorizes
   the reduction with gathers or spills every accumulator (measured on this project's AVX2
   box, one core: 4-60 GFLOP/s for the best plain-loop forms, ~90 for this one, 93 for a
@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import cgutils
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, overload
 
 from . import _dropout
@@ -120,8 +121,25 @@ def _make_tile(rows, vector_bytes):
     return tile
 
 
-# 6 rows x 64 bytes: 12 AVX2 accumulators + 2 for B + 1 broadcast out of 16 registers;
-# 4-row tiles finish the rows and half-width tiles the float32 columns when head_dim % 16 == 8
+def _vector_bytes() -> int:
+    """Bytes of C's row a tile spans: 128 (two 512-bit registers) where numba compiles for
+    AVX-512, else 64 (two AVX2 registers). Taken from the CPU numba targets (its
+    NUMBA_CPU_NAME / NUMBA_CPU_FEATURES settings included), the key of its cache too."""
+    if config.CPU_FEATURES is not None:
+        features = config.CPU_FEATURES
+    elif config.CPU_NAME is not None:  # a named CPU (e.g. 'generic'): features unknown here
+        features = ""
+    else:
+        features = get_host_cpu_features()
+    return 128 if "+avx512f" in features.split(",") else 64
+
+
+# 6 rows x 2 registers: 12 accumulators + 2 for B + 1 broadcast (of 16 AVX2 or 32 AVX-512
+# registers); one core's rate on a Zen 5 (AVX-512): 180 GFLOP/s with 64-byte rows, 255 with
+# 128 (torch's float32 matmul: ~100). 4-row tiles finish the rows, narrower ones the columns
+# (head_dim is a multiple of 8).
+VECTOR_BYTES = _vector_bytes()
+_tile6_wide, _tile4_wide = _make_tile(6, 128), _make_tile(4, 128)
 _tile6, _tile4 = _make_tile(6, 64), _make_tile(4, 64)
 _tile6_half, _tile4_half = _make_tile(6, 32), _make_tile(4, 32)
 
@@ -130,10 +148,10 @@ _tile6_half, _tile4_half = _make_tile(6, 32), _make_tile(4, 32)
 def _gemm(c, c_off, ldc, a, a_off, sa_m, sa_k, b, b_off, ldb, m, n, k, accumulate):
     """C (m x n) (+)= A (m x k) @ B (k x n), strided as in ``_make_tile``.
 
-    m must be a multiple of 4 and n of half a 64-byte vector; the memory those rounded
-    tiles touch must exist (the callers pad their buffers).
+    m must be a multiple of 4 and n of 32 bytes; the memory those rounded tiles touch must
+    exist (the callers pad their buffers).
     """
-    nr = 64 // c.itemsize
+    size = c.itemsize
     six = 6 * (m // 6 if m % 6 != 2 else m // 6 - 1)  # rows in 6-row tiles; 4-row tiles after
     if k == 0:
         if not accumulate:
@@ -144,23 +162,31 @@ def _gemm(c, c_off, ldc, a, a_off, sa_m, sa_k, b, b_off, ldb, m, n, k, accumulat
     for p0 in range(0, k, KC):
         kc = min(KC, k - p0)
         acc = accumulate or p0 > 0
-        for j in range(0, n, nr):
+        j = 0
+        while j < n:
+            span = (n - j) * size  # bytes of the row left: the widest tile that fits
+            width = VECTOR_BYTES if span >= VECTOR_BYTES else 64 if span >= 64 else 32
             i = 0
             while i < m:
                 args = (c, c_off + i * ldc + j, ldc, a, a_off + i * sa_m + p0 * sa_k, sa_m, sa_k,
                         b, b_off + p0 * ldb + j, ldb, kc, acc)
                 if i < six:
-                    if n - j >= nr:
+                    if width == 128:
+                        _tile6_wide(*args)
+                    elif width == 64:
                         _tile6(*args)
                     else:
                         _tile6_half(*args)
                     i += 6
                 else:
-                    if n - j >= nr:
+                    if width == 128:
+                        _tile4_wide(*args)
+                    elif width == 64:
                         _tile4(*args)
                     else:
                         _tile4_half(*args)
                     i += 4
+            j += width // size
 
 
 # ----------------------------------------------------------------------------- exp2, tanh
@@ -579,8 +605,13 @@ def _finite(*tensors) -> bool:
 
 
 def _set_threads():
-    """Numba uses as many threads as torch does (torch.set_num_threads sets both)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Numba uses as many threads as torch does (torch.set_num_threads sets both). Numba's
+    OpenMP layer starting its pool sets the process's OpenMP thread count, which torch
+    reads as its own: torch's count is put back."""
+    torch_threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != torch_threads:
+        torch.set_num_threads(torch_threads)
 
 
 class _Problem:
