@@ -1,6 +1,6 @@
 """The Numba attention backend's building blocks, checked on their own: the matrix-product
 microkernel (every tile shape and stride the kernels use), the decode kernel's dot-product
-tiles and the vectorizable exp2/tanh."""
+tiles, the vectorizable exp2/tanh, the finiteness check and the thread count."""
 
 import os
 import subprocess
@@ -8,10 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from numba import njit
 
 from kernelsuite.attention import numba_decode as nd
 from kernelsuite.attention import numba_flash as nf
+from kernelsuite.attention._params import AttnParams
 
 
 @njit
@@ -128,3 +130,21 @@ def test_torch_keeps_its_thread_count():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True).stdout.split()
     assert out == ["1", "1", "2"], out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_check_sees_every_element_and_nothing_else(dtype):
+    """The check that sends NaN/Inf inputs to the exact paths: any one bad element is seen
+    (the last one too), and the elements between a strided view's rows are not read."""
+    qkv = torch.randn(40, 3, 4, 16, dtype=dtype)
+    problem = nf._Problem(qkv[:, 0][None], qkv[:, 1][None], None, None,
+                          AttnParams(0.25, -1, -1, 0.0), None, (0, 0))
+    for view in (qkv[:, 1], qkv[:, 1].contiguous()):
+        assert problem.finite(problem.tokens(view))
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            for where in ((0, 0, 0), (17, 2, 5), (39, 3, 15)):
+                x = problem.tokens(view).clone()
+                x[where] = bad
+                assert not problem.finite(x), (bad, where)
+    qkv[:, 0], qkv[:, 2] = float("nan"), float("inf")
+    assert problem.finite(problem.tokens(qkv[:, 1]))

@@ -4,14 +4,18 @@ The same method as the Triton kernels (triton_flash.py), laid out for a CPU:
 
 - Every matrix product goes through one register-blocked microkernel (``_make_tile``): 6 rows
   of C times 128 bytes of columns with AVX-512 (64 without), the accumulators held in
-  registers across the whole reduction. It is written as LLVM vector IR through numba's ``@intrinsic`` because
-  plain Numba loops cannot hold a tile of accumulators in registers: LLVM either vectorizes
-  the reduction with gathers or spills every accumulator (measured on this project's AVX2
-  box, one core: 4-60 GFLOP/s for the best plain-loop forms, ~90 for this one, 93 for a
-  torch float32 matmul). The vector type is generic LLVM, so it compiles for any CPU.
+  registers across the whole reduction. It is written as LLVM vector IR through numba's
+  ``@intrinsic`` because plain Numba loops cannot hold a tile of accumulators in registers:
+  LLVM either vectorizes the reduction with gathers or spills every accumulator (measured
+  on an AVX2 box, one core: 4-60 GFLOP/s for the best plain-loop forms, ~90 for this one,
+  93 for a torch float32 matmul). The vector type is generic LLVM, so it compiles for any
+  CPU.
 - exp2 and tanh are a polynomial plus an exponent bit trick (``_exp2``), so the softmax
   loops vectorize: Numba has no vector exp without Intel's SVML. float64 uses libm.
 - Scores are kept in log2 units (scale * log2(e) folded in), as in the Triton kernels.
+- Threads take tasks from a queue (an atomic counter, ``_take``), costliest first, rather
+  than a fixed share each: a thread whose core another process also runs does less of the
+  work instead of stalling the call.
 - forward: parallel over (sequence, query block, head) tasks; each runs the online softmax
   over the key blocks its rows can see (causal / window blocks outside the band are
   skipped; only blocks on the band's edge are masked) and never holds more than one
@@ -109,7 +113,8 @@ def _make_tile(rows, vector_bytes):
                     a_ptr = builder.gep(ap, [builder.add(a_row,
                                                          builder.mul(sa_m_, ir.Constant(i64, i)))])
                     one = builder.insert_element(ir.Constant(vtype, ir.Undefined),
-                                                 builder.load(a_ptr), ir.Constant(ir.IntType(32), 0))
+                                                 builder.load(a_ptr),
+                                                 ir.Constant(ir.IntType(32), 0))
                     splat = builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined), zero_mask)
                     builder.store(builder.call(fmuladd, [splat, bvec, builder.load(slot)]), slot)
             for slot, ptr in accs:
@@ -303,24 +308,43 @@ def _alibi(bias, alibi, slope2, pos, j):
 # ----------------------------------------------------------------------------- kernels
 
 
+@intrinsic
+def _take(typingctx, counter):
+    """Atomically counter[0] += 1 (int64); returns the value before: the next task of a
+    queue that threads empty at their own pace."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", ptr, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
 @njit(cache=True)
-def _query_blocks(cu_q, block_m):
-    """(sequence, first row) of every query block. Per sequence the blocks go in zigzag order
-    (0, last, 1, last-1, ...) so the contiguous halves numba gives each thread cost about
-    the same under a causal mask."""
+def _query_blocks(cu_q, cu_k, block_m, win_left, win_right):
+    """(sequence, first row) of every query block, the costliest first (by key blocks
+    visited). Threads take tasks from this list as they finish the last (``_take``), so a
+    thread slowed by another process does less of the work instead of stalling the call,
+    and the long tasks do not come last (longest-processing-time-first balance)."""
     n = 0
     for b in range(cu_q.shape[0] - 1):
         n += (cu_q[b + 1] - cu_q[b] + block_m - 1) // block_m
     tasks = np.empty((n, 2), np.int64)
+    cost = np.empty(n, np.int64)
     t = 0
     for b in range(cu_q.shape[0] - 1):
-        count = (cu_q[b + 1] - cu_q[b] + block_m - 1) // block_m
-        for i in range(count):
-            blk = i // 2 if i % 2 == 0 else count - 1 - i // 2
+        ql, kl = cu_q[b + 1] - cu_q[b], cu_k[b + 1] - cu_k[b]
+        for i0 in range(0, ql, block_m):
+            rows = min(block_m, ql - i0)
+            lo = max(0, i0 + kl - ql - win_left)
+            hi = min(kl, i0 + rows - 1 + kl - ql + win_right + 1)
             tasks[t, 0] = b
-            tasks[t, 1] = blk * block_m
+            tasks[t, 1] = i0
+            cost[t] = 1 + max(0, hi - (lo // BLOCK_N) * BLOCK_N)
             t += 1
-    return tasks
+    return tasks[np.argsort(-cost, kind="mergesort")]
 
 
 @njit(cache=True, inline="always")
@@ -353,7 +377,7 @@ def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_right,
-             qk_scale, cap, bm, exact, slopes, alibi, drop):
+             qk_scale, cap, bm, exact, slopes, alibi, drop, workers):
     """out (Tq, Hq, d) and lse (Hq, Tq) from q flat (element (t, h, c) at t*q_st + h*q_sh + c),
     kt (Hkv, d, Tk + BLOCK_N) and v (Hkv, Tk + BLOCK_N, d) (see _head_major). q.k * qk_scale
     is the score in log2 units, or its softcap tanh argument when cap > 0 (scores =
@@ -362,117 +386,128 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
     exact: v holds a NaN or Inf, so edge blocks multiply P by V key by key, skipping hidden
     keys (P = 0 times NaN would reach rows that cannot see that key). slopes (batch or 1,
     Hq) ALiBi slopes in log2 units, alibi its form (see _alibi); drop (seed, offset,
-    threshold, 1 / (1 - dropout_p)) as in _dropout, threshold 0 without dropout."""
+    threshold, 1 / (1 - dropout_p)) as in _dropout, threshold 0 without dropout. workers:
+    numba's thread count."""
     heads, d = out.shape[1], out.shape[2]
     tk_pad = kt.shape[2]
     bn = BLOCK_N
-    tasks = _query_blocks(cu_q, bm)
+    tasks = _query_blocks(cu_q, cu_k, bm, win_left, win_right)
+    n_tasks = tasks.shape[0] * heads
     neg_inf = -np.inf
     zero = np.zeros(1, kt.dtype)[0]  # float32 stays float32
     seed, offset, thr, drop_scale = drop
-    for t in prange(tasks.shape[0] * heads):
-        b, i0, h = tasks[t // heads, 0], tasks[t // heads, 1], t % heads
-        kvh = h // group
-        qs, ks = cu_q[b], cu_k[b]
-        ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
-        rows = min(bm, ql - i0)
-        off = kl - ql  # row i sits at key position i + off (bottom-right alignment)
-        lo = max(0, i0 + off - win_left)
-        hi = min(kl, i0 + rows - 1 + off + win_right + 1)
+    taken = np.zeros(1, np.int64)
+    for _ in prange(workers):  # one per thread, each taking tasks until none is left
         q_blk = np.empty((bm, d), kt.dtype)
-        _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
         s = np.empty((bm, bn), kt.dtype)
-        acc = np.zeros((bm, d), kt.dtype)
-        m = np.full(bm, neg_inf, kt.dtype)
-        den = np.zeros(bm, kt.dtype)
+        acc = np.empty((bm, d), kt.dtype)
+        m = np.empty(bm, kt.dtype)
+        den = np.empty(bm, kt.dtype)
         bias = np.empty(bn, kt.dtype)
-        slope2 = slopes[b % slopes.shape[0], h]
-        j = (lo // bn) * bn
-        while j < hi:
-            _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn, d,
-                  False)
-            edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
-            for r in range(rows):
-                row = s[r]
-                if cap > 0:
-                    for c in range(bn):
-                        row[c] = cap * _tanh(row[c])
-                if alibi != 0:
-                    _alibi(bias, alibi, slope2, i0 + r + off, j)
-                    for c in range(bn):
-                        row[c] += bias[c]
-                if edge:
-                    pos = i0 + r + off
-                    for c in range(bn):
-                        if _hidden(j + c, pos, kl, win_left, win_right):
-                            row[c] = neg_inf
-                m_new = m[r]
-                for c in range(bn):
-                    m_new = max(m_new, row[c])
-                # a row that has seen no key yet keeps p = 0 (exp2(-inf - 0)), not NaN
-                shift = m_new if m_new > neg_inf else zero
-                total = zero
-                for c in range(bn):
-                    p = _exp2(row[c] - shift)
-                    row[c] = p
-                    total += p
-                alpha = _exp2(m[r] - shift)  # online-softmax rescale of what came before
-                den[r] = den[r] * alpha + total
-                m[r] = m_new
-                if thr > 0:  # dropout after the softmax sums: P @ V sees kept entries only
-                    for c in range(bn):
-                        if not _kept(seed, j + c, qs + i0 + r, h, offset, thr):
-                            row[c] = 0
-                if alpha != 1:
-                    for c in range(d):
-                        acc[r, c] *= alpha
-            if exact and edge:
+        t = _take(taken)
+        while t < n_tasks:
+            b, i0, h = tasks[t // heads, 0], tasks[t // heads, 1], t % heads
+            kvh = h // group
+            qs, ks = cu_q[b], cu_k[b]
+            ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
+            rows = min(bm, ql - i0)
+            off = kl - ql  # row i sits at key position i + off (bottom-right alignment)
+            lo = max(0, i0 + off - win_left)
+            hi = min(kl, i0 + rows - 1 + off + win_right + 1)
+            _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
+            acc[:] = 0
+            m[:] = neg_inf
+            den[:] = 0
+            slope2 = slopes[b % slopes.shape[0], h]
+            j = (lo // bn) * bn
+            while j < hi:
+                _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn,
+                      d, False)
+                edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                 for r in range(rows):
+                    row = s[r]
+                    if cap > 0:
+                        for c in range(bn):
+                            row[c] = cap * _tanh(row[c])
+                    if alibi != 0:
+                        _alibi(bias, alibi, slope2, i0 + r + off, j)
+                        for c in range(bn):
+                            row[c] += bias[c]
+                    if edge:
+                        pos = i0 + r + off
+                        for c in range(bn):
+                            if _hidden(j + c, pos, kl, win_left, win_right):
+                                row[c] = neg_inf
+                    m_new = m[r]
+                    for c in range(bn):
+                        m_new = max(m_new, row[c])
+                    # a row that has seen no key yet keeps p = 0 (exp2(-inf - 0)), not NaN
+                    shift = m_new if m_new > neg_inf else zero
+                    total = zero
+                    for c in range(bn):
+                        p = _exp2(row[c] - shift)
+                        row[c] = p
+                        total += p
+                    alpha = _exp2(m[r] - shift)  # online-softmax rescale of what came before
+                    den[r] = den[r] * alpha + total
+                    m[r] = m_new
+                    if thr > 0:  # dropout after the softmax sums: P @ V sees kept entries
+                        for c in range(bn):
+                            if not _kept(seed, j + c, qs + i0 + r, h, offset, thr):
+                                row[c] = 0
+                    if alpha != 1:
+                        for c in range(d):
+                            acc[r, c] *= alpha
+                if exact and edge:
+                    for r in range(rows):
+                        pos = i0 + r + off
+                        for c in range(min(bn, kl - j)):
+                            if not _hidden(j + c, pos, kl, win_left, win_right):
+                                for e in range(d):
+                                    acc[r, e] += s[r, c] * v[kvh, ks + j + c, e]
+                else:
+                    _gemm(acc, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
+                          min(bn, kl - j), True)
+                j += bn
+            for r in range(rows):
+                i = qs + i0 + r
+                if den[r] != 0:  # NaN too: a NaN score makes the row NaN
+                    inv = drop_scale / den[r]
+                    for c in range(d):
+                        out[i, h, c] = acc[r, c] * inv
+                    lse[h, i] = (m[r] + np.log2(den[r])) * LN2
+                else:  # sees no key: 0; its visible scores all -inf (an Inf input): NaN
                     pos = i0 + r + off
-                    for c in range(min(bn, kl - j)):
-                        if not _hidden(j + c, pos, kl, win_left, win_right):
-                            for e in range(d):
-                                acc[r, e] += s[r, c] * v[kvh, ks + j + c, e]
-            else:
-                _gemm(acc, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
-                      min(bn, kl - j), True)
-            j += bn
-        for r in range(rows):
-            i = qs + i0 + r
-            if den[r] != 0:  # NaN too: a NaN score makes the row NaN
-                inv = drop_scale / den[r]
-                for c in range(d):
-                    out[i, h, c] = acc[r, c] * inv
-                lse[h, i] = (m[r] + np.log2(den[r])) * LN2
-            else:  # sees no key: 0; its visible scores all -inf (an Inf input): NaN
-                pos = i0 + r + off
-                fill = np.nan if min(kl, pos + win_right + 1) > max(0, pos - win_left) else 0
-                for c in range(d):
-                    out[i, h, c] = fill
-                lse[h, i] = neg_inf
+                    seen = min(kl, pos + win_right + 1) > max(0, pos - win_left)
+                    fill = np.nan if seen else 0
+                    for c in range(d):
+                        out[i, h, c] = fill
+                    lse[h, i] = neg_inf
+            t = _take(taken)
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_part, dk,
               dv, cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
-              drop):
+              drop, workers):
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta (Hq, Tq) = rowsum(dO * O) - dLSE, dlse
     (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
     the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
-    alibi, drop as in _forward."""
+    alibi, drop, workers as in _forward."""
     heads_kv, d = dk.shape[1], dk.shape[2]
     tk_pad = kt.shape[2]
     chunks = dq_part.shape[0]
     bm, bn = BLOCK_M, BLOCK_N
     seed, offset, thr, drop_scale = drop
-    for t in prange((cu_q.shape[0] - 1) * heads_kv * chunks):
-        chunk, kvh, b = t % chunks, (t // chunks) % heads_kv, t // (chunks * heads_kv)
-        qs, ks = cu_q[b], cu_k[b]
-        ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
-        off = kl - ql
+    # tasks (sequence, kv head, chunk), the longest sequences first (see _query_blocks)
+    sizes = (cu_q[1:] - cu_q[:-1]) * (cu_k[1:] - cu_k[:-1])
+    order = np.argsort(-sizes, kind="mergesort")
+    n_tasks = order.shape[0] * heads_kv * chunks
+    taken = np.zeros(1, np.int64)
+    for _ in prange(workers):  # one per thread, each taking tasks until none is left
         q_blk = np.empty((bm, d), kt.dtype)
         do_blk = np.empty((bm, d), kt.dtype)
         p = np.empty((bm, bn), kt.dtype)
@@ -482,90 +517,98 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
         dv_acc = np.empty((bn, d), kt.dtype)
         bias = np.zeros(bn, kt.dtype)
         kept = np.ones(bn, np.bool_)
-        # a chunk takes every chunks-th key block: under a causal mask they cost about the same
-        for j in range(chunk * bn, kl, chunks * bn):
-            cols = min(bn, kl - j)
-            k_off = kvh * d * tk_pad + ks + j  # into kt, vt
-            dk_acc[:] = 0
-            dv_acc[:] = 0
-            # query rows that see some key of this block
-            lo = max(0, j - off - win_right)
-            hi = min(ql, j + cols - 1 - off + win_left + 1)
-            for h in range(kvh * group, (kvh + 1) * group):
-                slope2 = slopes[b % slopes.shape[0], h]
-                i0 = (lo // bm) * bm
-                while i0 < hi:
-                    rows = min(bm, ql - i0)
-                    _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
-                    _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h, 1)
-                    _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, bm, bn, d, False)
-                    _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, bm, bn, d, False)
-                    edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
-                    for r in range(rows):
-                        l2 = lse2[h, qs + i0 + r]
-                        dl = delta[h, qs + i0 + r]
-                        prow, dsrow = p[r], ds[r]
-                        if alibi != 0:
-                            _alibi(bias, alibi, slope2, i0 + r + off, j)
-                        if thr > 0:  # dP reaches kept entries only, scaled as in the forward
-                            for c in range(bn):
-                                kept[c] = _kept(seed, j + c, qs + i0 + r, h, offset, thr)
-                                dsrow[c] = dsrow[c] * drop_scale if kept[c] else 0
-                        pos = i0 + r + off
-                        first = max(0, pos - win_left)
-                        if first == min(kl - 1, pos + win_right) and j <= first < j + cols:
-                            # the row sees one key: P = 1 there and O is its value row (times
-                            # the dropout scale, or 0), so dS = dLSE exactly; rowsum(dO * O)
-                            # and this dP would cancel only up to their rounding
-                            dl = dsrow[first - j] - dlse[h, qs + i0 + r]
-                        if cap > 0:
-                            for c in range(bn):
-                                th = _tanh(prow[c])
-                                pc = _exp2(cap * th + bias[c] - l2)
-                                prow[c] = pc
-                                dsrow[c] = pc * (dsrow[c] - dl) * (1 - th * th)
-                        else:
-                            if alibi != 0:
-                                for c in range(bn):
-                                    prow[c] += bias[c]
-                            for c in range(bn):
-                                pc = _exp2(prow[c] - l2)
-                                prow[c] = pc
-                                dsrow[c] = pc * (dsrow[c] - dl)
-                        if thr > 0:  # dV sums the kept P (scaled when stored)
-                            for c in range(bn):
-                                if not kept[c]:
-                                    prow[c] = 0
-                        if edge:
-                            for c in range(bn):
-                                if _hidden(j + c, pos, kl, win_left, win_right):
-                                    prow[c] = 0
-                                    dsrow[c] = 0
-                    # dV += P^T dO; dK += dS^T Q; dQ tile = dS K (rows past the sequence end
-                    # are never added: they belong to the next sequence)
-                    if exact and edge:
-                        dq_tile[:] = 0
+        t = _take(taken)
+        while t < n_tasks:
+            chunk, kvh = t % chunks, (t // chunks) % heads_kv
+            b = order[t // (chunks * heads_kv)]
+            qs, ks = cu_q[b], cu_k[b]
+            ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
+            off = kl - ql
+            # a chunk takes every chunks-th key block: under a causal mask they cost about the same
+            for j in range(chunk * bn, kl, chunks * bn):
+                cols = min(bn, kl - j)
+                k_off = kvh * d * tk_pad + ks + j  # into kt, vt
+                dk_acc[:] = 0
+                dv_acc[:] = 0
+                # query rows that see some key of this block
+                lo = max(0, j - off - win_right)
+                hi = min(ql, j + cols - 1 - off + win_left + 1)
+                for h in range(kvh * group, (kvh + 1) * group):
+                    slope2 = slopes[b % slopes.shape[0], h]
+                    i0 = (lo // bm) * bm
+                    while i0 < hi:
+                        rows = min(bm, ql - i0)
+                        _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
+                        _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h, 1)
+                        _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, bm, bn, d, False)
+                        _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, bm, bn, d, False)
+                        edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                         for r in range(rows):
+                            l2 = lse2[h, qs + i0 + r]
+                            dl = delta[h, qs + i0 + r]
+                            prow, dsrow = p[r], ds[r]
+                            if alibi != 0:
+                                _alibi(bias, alibi, slope2, i0 + r + off, j)
+                            if thr > 0:  # dP reaches kept entries only, scaled as in the forward
+                                for c in range(bn):
+                                    kept[c] = _kept(seed, j + c, qs + i0 + r, h, offset, thr)
+                                    dsrow[c] = dsrow[c] * drop_scale if kept[c] else 0
                             pos = i0 + r + off
-                            for c in range(cols):
-                                if not _hidden(j + c, pos, kl, win_left, win_right):
-                                    for e in range(d):
-                                        dv_acc[c, e] += p[r, c] * do_blk[r, e]
-                                        dk_acc[c, e] += ds[r, c] * q_blk[r, e]
-                                        dq_tile[r, e] += ds[r, c] * k[kvh, ks + j + c, e]
-                    else:
-                        _gemm(dv_acc, 0, d, p, 0, 1, bn, do_blk, 0, d, bn, d, rows, True)
-                        _gemm(dk_acc, 0, d, ds, 0, 1, bn, q_blk, 0, d, bn, d, rows, True)
-                        _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d,
-                              bm, d, cols, False)
-                    for r in range(rows):
-                        for c in range(d):
-                            dq_part[chunk, qs + i0 + r, h, c] += dq_tile[r, c]
-                    i0 += bm
-            for r in range(cols):
-                for c in range(d):
-                    dk[ks + j + r, kvh, c] = dk_acc[r, c]
-                    dv[ks + j + r, kvh, c] = dv_acc[r, c] * drop_scale
+                            first = max(0, pos - win_left)
+                            if first == min(kl - 1, pos + win_right) and j <= first < j + cols:
+                                # the row sees one key: P = 1 there and O is its value row (times
+                                # the dropout scale, or 0), so dS = dLSE exactly; rowsum(dO * O)
+                                # and this dP would cancel only up to their rounding
+                                dl = dsrow[first - j] - dlse[h, qs + i0 + r]
+                            if cap > 0:
+                                for c in range(bn):
+                                    th = _tanh(prow[c])
+                                    pc = _exp2(cap * th + bias[c] - l2)
+                                    prow[c] = pc
+                                    dsrow[c] = pc * (dsrow[c] - dl) * (1 - th * th)
+                            else:
+                                if alibi != 0:
+                                    for c in range(bn):
+                                        prow[c] += bias[c]
+                                for c in range(bn):
+                                    pc = _exp2(prow[c] - l2)
+                                    prow[c] = pc
+                                    dsrow[c] = pc * (dsrow[c] - dl)
+                            if thr > 0:  # dV sums the kept P (scaled when stored)
+                                for c in range(bn):
+                                    if not kept[c]:
+                                        prow[c] = 0
+                            if edge:
+                                for c in range(bn):
+                                    if _hidden(j + c, pos, kl, win_left, win_right):
+                                        prow[c] = 0
+                                        dsrow[c] = 0
+                        # dV += P^T dO; dK += dS^T Q; dQ tile = dS K (rows past the sequence end
+                        # are never added: they belong to the next sequence)
+                        if exact and edge:
+                            dq_tile[:] = 0
+                            for r in range(rows):
+                                pos = i0 + r + off
+                                for c in range(cols):
+                                    if not _hidden(j + c, pos, kl, win_left, win_right):
+                                        for e in range(d):
+                                            dv_acc[c, e] += p[r, c] * do_blk[r, e]
+                                            dk_acc[c, e] += ds[r, c] * q_blk[r, e]
+                                            dq_tile[r, e] += ds[r, c] * k[kvh, ks + j + c, e]
+                        else:
+                            _gemm(dv_acc, 0, d, p, 0, 1, bn, do_blk, 0, d, bn, d, rows, True)
+                            _gemm(dk_acc, 0, d, ds, 0, 1, bn, q_blk, 0, d, bn, d, rows, True)
+                            _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d,
+                                  bm, d, cols, False)
+                        for r in range(rows):
+                            for c in range(d):
+                                dq_part[chunk, qs + i0 + r, h, c] += dq_tile[r, c]
+                        i0 += bm
+                for r in range(cols):
+                    for c in range(d):
+                        dk[ks + j + r, kvh, c] = dk_acc[r, c]
+                        dv[ks + j + r, kvh, c] = dv_acc[r, c] * drop_scale
+            t = _take(taken)
 
 
 @njit(parallel=True, cache=True)
@@ -598,10 +641,21 @@ def _head_major(x, x_st, x_sh, out, transposed):
 # ----------------------------------------------------------------------------- launch
 
 
-def _finite(*tensors) -> bool:
-    """Whether every element is finite: the kernels take exact (slower) paths otherwise, so
-    that a NaN or Inf reaches exactly the outputs that depend on it."""
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+@njit(parallel=True, cache=True, fastmath={"reassoc"})  # a vector sum; no 'nnan': x - x stays
+def _all_finite(x, x_st, x_sh, total, heads, d):
+    """Whether the (total, heads, d) elements of x (flat as in _forward) are all finite: one
+    read-only pass (x - x is 0 for a finite x, NaN for NaN and +-Inf)."""
+    bad = 0
+    zero = np.zeros(1, x.dtype)[0]
+    for t in prange(total):
+        z = zero
+        for h in range(heads):
+            base = t * x_st + h * x_sh
+            for c in range(d):
+                z += x[base + c] - x[base + c]
+        if z != 0:
+            bad += 1
+    return bad == 0
 
 
 def _set_threads():
@@ -655,9 +709,17 @@ class _Problem:
     def flat(self, x):
         """(1-D numpy view over x's memory, token stride, head stride) for a tokens() tensor."""
         total, heads, d = x.shape
-        span = 0 if x.numel() == 0 else 1 + (total - 1) * x.stride(0) + (heads - 1) * x.stride(1) + d - 1
+        span = (0 if x.numel() == 0
+                else 1 + (total - 1) * x.stride(0) + (heads - 1) * x.stride(1) + d - 1)
         flat = x.as_strided((span,), (1,), x.storage_offset())
         return flat.numpy(), x.stride(0), x.stride(1)
+
+    def finite(self, *tokens) -> bool:
+        """Whether every element of these tokens() tensors is finite: the kernels take exact
+        (slower) paths otherwise, so that a NaN or Inf reaches exactly the outputs that
+        depend on it. (torch.isfinite(x).all() takes 3x as long: a bool tensor, then a
+        second pass.)"""
+        return all(_all_finite(*self.flat(x), *x.shape) for x in tokens)
 
     def head_major(self, x, transposed=False):
         """(H, T + BLOCK_N, d), or (H, d, T + BLOCK_N) when transposed: a zero-padded copy of
@@ -703,7 +765,8 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     block_m = 2 * BLOCK_M if P.window == (UNBOUNDED, UNBOUNDED) else BLOCK_M
     _forward(*P.flat(qt), P.head_major(kt_, transposed=True), P.head_major(vt_),
              out_t.numpy(), lse_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale,
-             P.cap, block_m, not _finite(vt_), P.slopes, P.alibi, P.drop)
+             P.cap, block_m, not P.finite(vt_), P.slopes, P.alibi, P.drop,
+             numba.get_num_threads())
     out_t = out_t.view(q.shape)
     if out is not None:
         out_t = out if out_t.data_ptr() == out.data_ptr() else out.copy_(out_t)
@@ -740,7 +803,9 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
               P.head_major(vt_, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
               dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(),
-              dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap, not _finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop)
+              dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap,
+              not P.finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop,
+              numba.get_num_threads())
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
     dk_t.mul_(P.scale / float(P.qk_scale))
     results = []
