@@ -5,6 +5,7 @@ tiles, the vectorizable exp2/tanh, the finiteness check and the thread count."""
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -172,3 +173,32 @@ def test_row_max_matches_numpy(dtype):
                 assert _call_max(a, r * a.shape[1], n, dtype(init)) == max(row.max(), init)
     a[3, 5] = np.nan
     assert _call_max(a, 3 * a.shape[1], 4 * width, dtype(-np.inf)) == np.nanmax(a[3])
+
+
+def test_concurrent_calls_from_two_threads():
+    """The head-major copies live in per-thread scratch buffers kept between calls: calls
+    from two Python threads at once, of different sizes, each get their own answer."""
+    torch.manual_seed(0)
+    shapes = [(1, 200, 4, 64), (2, 96, 2, 32)]
+    inputs = [[torch.randn(s) for _ in range(3)] for s in shapes]
+    alone = [nf.forward(q, k, v, None, None, q.shape[1], q.shape[1], 0.125, -1, 0, 0.0)[0]
+             for q, k, v in inputs]
+    results, errors = {}, []
+
+    def run(i):
+        try:
+            q, k, v = inputs[i]
+            for _ in range(20):
+                out = nf.forward(q, k, v, None, None, q.shape[1], q.shape[1], 0.125, -1, 0,
+                                 0.0)[0]
+                assert torch.equal(out, alone[i])
+            results[i] = True
+        except Exception as e:  # reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and results == {0: True, 1: True}, errors

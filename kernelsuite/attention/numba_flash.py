@@ -28,13 +28,15 @@ The same method as the Triton kernels (triton_flash.py), laid out for a CPU:
 
 Inputs are first copied to head-major float32 (float64 for float64 inputs) buffers padded
 by one block, so kernels read whole tiles without bounds checks: extra memory is O(seqlen),
-a few times the size of q, k, v. Dense (batch, seqlen, heads, d) inputs are seen as varlen
+a few times the size of q, k, v. Each thread keeps these buffers between calls (up to
+SCRATCH_MAX_BYTES each, see _scratch). Dense (batch, seqlen, heads, d) inputs are seen as varlen
 with equal lengths. Inputs are assumed valid: the api module checks them.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -719,6 +721,27 @@ def _set_threads():
         torch.set_num_threads(torch_threads)
 
 
+SCRATCH_MAX_BYTES = 16 << 20
+_SCRATCH = threading.local()
+
+
+def _scratch(slot: int, shape, dtype) -> np.ndarray:
+    """An uninitialised array for use within one call, from memory this thread keeps between
+    calls (one buffer per slot, grown as needed, up to SCRATCH_MAX_BYTES; larger arrays are
+    allocated per call). Fresh memory costs a page fault per 4 KB on first touch: on this
+    project's 2-core VM the two 4 MB head-major copies of a seqlen-2048 forward took 7.5 ms
+    of its 24 ms that way, against 0.85 ms in reused memory."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes > SCRATCH_MAX_BYTES:
+        return np.empty(shape, dtype)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buf = buffers.get(slot)
+    if buf is None or buf.nbytes < nbytes + 64:
+        buf = buffers[slot] = np.empty(nbytes + 64, np.uint8)
+    start = -buf.ctypes.data % 64  # rows of tiles start on a cache line, as np.empty's did
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
 class _Problem:
     """One attention call in the kernels' terms: (T, H, d) token views (dense inputs are
     varlen with equal lengths), int64 cu_seqlens, the compute dtype, scales in log2 units."""
@@ -772,12 +795,12 @@ class _Problem:
         second pass.)"""
         return all(_all_finite(*self.flat(x), *x.shape) for x in tokens)
 
-    def head_major(self, x, transposed=False):
+    def head_major(self, x, slot, transposed=False):
         """(H, T + BLOCK_N, d), or (H, d, T + BLOCK_N) when transposed: a zero-padded copy of
-        a tokens() tensor."""
+        a tokens() tensor, in this thread's scratch buffer `slot` (see _scratch)."""
         total, heads, d = x.shape
         shape = (heads, d, total + BLOCK_N) if transposed else (heads, total + BLOCK_N, d)
-        out = np.empty(shape, self.ftype)
+        out = _scratch(slot, shape, self.ftype)
         _head_major(*self.flat(x), out, transposed)
         return out
 
@@ -814,7 +837,7 @@ def forward(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, sof
     lse_t = torch.empty((P.heads_q, qt.shape[0]), dtype=P.dtype)  # = lse_dtype(q.dtype)
     # no mask: taller query blocks load each K/V block for more rows
     block_m = 2 * BLOCK_M if P.window == (UNBOUNDED, UNBOUNDED) else BLOCK_M
-    _forward(*P.flat(qt), P.head_major(kt_, transposed=True), P.head_major(vt_),
+    _forward(*P.flat(qt), P.head_major(kt_, 0, transposed=True), P.head_major(vt_, 1),
              out_t.numpy(), lse_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale,
              P.cap, block_m, not P.finite(vt_), P.slopes, P.alibi, P.drop,
              numba.get_num_threads())
@@ -850,8 +873,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     dq_part = torch.zeros((chunks,) + qt.shape, dtype=P.dtype)
     dk_t = torch.empty(kt_.shape, dtype=P.dtype)
     dv_t = torch.empty(vt_.shape, dtype=P.dtype)
-    _backward(*P.flat(qt), P.head_major(kt_), P.head_major(kt_, transposed=True),
-              P.head_major(vt_, transposed=True), *P.flat(dot),
+    _backward(*P.flat(qt), P.head_major(kt_, 0), P.head_major(kt_, 1, transposed=True),
+              P.head_major(vt_, 2, transposed=True), *P.flat(dot),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
               dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(),
               dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap,
