@@ -9,6 +9,7 @@ from pathlib import Path
 
 
 def _bench(args) -> int:
+    import contextlib
     import os
 
     import torch
@@ -17,7 +18,7 @@ def _bench(args) -> int:
     if args.tiny and not cuda:  # the GPU cases' Triton kernels, run by the interpreter
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from .harness.cases import get_cases, get_notes
-    from .harness.run import format_table, run_cases
+    from .harness.run import busy_core, format_table, run_cases
 
     if args.list:
         print(case_list(args.kernels, args.device, args.tiny, args.all))
@@ -32,8 +33,18 @@ def _bench(args) -> int:
                          + ("" if args.tiny else " (--tiny: the GPU cases as a dry run)"))
     for path in filter(None, (args.markdown, args.csv)):  # fail before the run, not after
         _check_writable(path)
-    df = run_cases(cases, device, impls=args.impl)
+    threads = torch.get_num_threads()
+    try:
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)  # numba's kernels take torch's count
+        with busy_core() if args.busy_core else contextlib.nullcontext() as busy:
+            df = run_cases(cases, device, impls=args.impl)
+    finally:
+        torch.set_num_threads(threads)
     notes = [] if args.tiny else get_notes(args.kernels, device)
+    if args.busy_core:
+        notes.insert(0, f"Measured beside a busy core: a process spinning on CPU {busy[0]} for "
+                        "the whole run (--busy-core).")
     table = "\n\n".join([format_table(df)] + notes)
     print(table)
     if args.markdown:
@@ -245,6 +256,12 @@ def main(argv=None) -> int:
     bench.add_argument("--list", action="store_true",
                        help="list the areas, cases and implementations (with --all/--tiny "
                             "and --device: that selection) instead of running them")
+    bench.add_argument("--threads", type=_checked(".harness.run", "check_threads"),
+                       help="CPU threads for torch and the Numba kernels (default: torch's, "
+                            "one per core)")
+    bench.add_argument("--busy-core", action="store_true",
+                       help="run beside a process that keeps one CPU busy (another job, a "
+                            "data loader): how each implementation copes with a slow thread")
     bench.set_defaults(func=_bench)
     report = sub.add_parser("report", help="tables (Markdown, CSV) and plots per kernel from "
                                            "the asv results of every machine and "

@@ -106,7 +106,7 @@ GRAMMAR = {
         "--device": ["cpu", "cpu:0", "cuda"], "--impl": ["torch", "numba", "sdpa_flash",
                                                          "triton", "nanogpt_get_batch"],
         "--tiny": FLAG, "--all": FLAG, "--quick": FLAG, "--markdown": ["out.md", "dir/t.md"],
-        "--csv": ["out.csv"], "--list": FLAG}),
+        "--csv": ["out.csv"], "--list": FLAG, "--threads": ["1", "2"], "--busy-core": FLAG}),
     "report": ([], {"--asv-results": ["asv"], "--pytest-json": ["pb.json"],
                     "--out": ["rep", "dir"]}),
     "compare": ([BASE, HEAD, OTHER, BASE[:7], HEAD[:4]], {

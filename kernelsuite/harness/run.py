@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import subprocess
 import sys
 
 import pandas as pd
@@ -24,6 +27,33 @@ def show_progress(done: int, total: int, text: str, stream=None):
     else:
         stream.write(line + "\n")
     stream.flush()
+
+
+def check_threads(text: str) -> int:
+    """`bench --threads`: a positive int (ValueError naming the option otherwise)."""
+    from .._checks import positive_int
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    return positive_int(value, "--threads")
+
+
+@contextlib.contextmanager
+def busy_core():
+    """While open: a child process spinning on the last CPU this process may run on, as
+    another job or a data-loader worker would; yields (that CPU, the child's pid). Timings taken
+    inside show how an implementation copes with one slow thread: a fixed split of the work
+    waits for it, a dynamic one gives it less."""
+    cpu = max(os.sched_getaffinity(0))
+    spin = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True:\n    pass\n"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        yield cpu, child.pid
+    finally:
+        child.kill()
+        child.wait()
 
 
 def run_cases(cases, device: str, impls=None, progress=True) -> pd.DataFrame:
