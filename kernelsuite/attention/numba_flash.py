@@ -463,6 +463,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
             qs, ks = cu_q[b], cu_k[b]
             ql, kl = cu_q[b + 1] - qs, cu_k[b + 1] - ks
             rows = min(bm, ql - i0)
+            m4 = (rows + 3) // 4 * 4  # rows the products compute (short blocks: fewer)
             off = kl - ql  # row i sits at key position i + off (bottom-right alignment)
             lo = max(0, i0 + off - win_left)
             hi = min(kl, i0 + rows - 1 + off + win_right + 1)
@@ -473,7 +474,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
             slope2 = slopes[b % slopes.shape[0], h]
             j = (lo // bn) * bn
             while j < hi:
-                _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, bm, bn,
+                _gemm(s, 0, bn, q_blk, 0, d, 1, kt, kvh * d * tk_pad + ks + j, tk_pad, m4, bn,
                       d, False)
                 edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                 for r in range(rows):
@@ -524,7 +525,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                                 for e in range(d):
                                     acc[r, e] += s[r, c] * v[kvh, ks + j + c, e]
                 else:
-                    _gemm(pv, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, bm, d,
+                    _gemm(pv, 0, d, s, 0, bn, 1, v, (kvh * tk_pad + ks + j) * d, d, m4, d,
                           min(bn, kl - j), False)
                     for r in range(rows):
                         alpha = m_blk[r]
@@ -602,10 +603,11 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                     i0 = (lo // bm) * bm
                     while i0 < hi:
                         rows = min(bm, ql - i0)
+                        m4 = (rows + 3) // 4 * 4
                         _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
                         _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h, 1)
-                        _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, bm, bn, d, False)
-                        _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, bm, bn, d, False)
+                        _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, m4, bn, d, False)
+                        _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, m4, bn, d, False)
                         edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                         for r in range(rows):
                             l2 = lse2[h, qs + i0 + r]
@@ -665,7 +667,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                             dv_acc += dv_tile
                             dk_acc += dk_tile
                             _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d,
-                                  bm, d, cols, False)
+                                  m4, d, cols, False)
                         for r in range(rows):
                             for c in range(d):
                                 dq_part[chunk, qs + i0 + r, h, c] += dq_tile[r, c]
