@@ -413,15 +413,15 @@ def _hidden(col, pos, kl, win_left, win_right):
 
 
 @njit(cache=True)
-def _load_block(dst, x, row0, rows, x_st, x_sh, h, scale):
-    """dst[:rows] = scale * x's rows row0.. of head h (x flat: element (t, h, c) at
+def _load_block(dst, x, row0, rows, x_st, x_sh, h):
+    """dst[:rows] = x's rows row0.. of head h (x flat: element (t, h, c) at
     t*x_st + h*x_sh + c); dst[rows:] = 0. Kernels read whole blocks from dst, never past a
     sequence's end in x."""
     d = dst.shape[1]
     for r in range(rows):
         base = (row0 + r) * x_st + h * x_sh
         for c in range(d):
-            dst[r, c] = x[base + c] * scale
+            dst[r, c] = x[base + c]
     dst[rows:] = 0
 
 
@@ -467,7 +467,7 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
             off = kl - ql  # row i sits at key position i + off (bottom-right alignment)
             lo = max(0, i0 + off - win_left)
             hi = min(kl, i0 + rows - 1 + off + win_right + 1)
-            _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
+            _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h)
             acc[:] = 0
             m[:] = neg_inf
             den[:] = 0
@@ -479,6 +479,10 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
                 edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                 for r in range(rows):
                     row = s[r]
+                    # the scale on the scores, not on q: q * scale rounded each element
+                    # of q, which the exp amplified (1.5x the error of rows with few keys)
+                    for c in range(bn):
+                        row[c] *= qk_scale
                     if cap > 0:
                         for c in range(bn):
                             row[c] = cap * _tanh(row[c])
@@ -556,8 +560,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta (Hq, Tq) = rowsum(dO * O) - dLSE, dlse
     (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
-    (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q / qk_scale, so also up to
-    the softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
+    (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q, so also up to the
+    softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
     alibi, drop, workers as in _forward."""
     heads_kv, d = dk.shape[1], dk.shape[2]
@@ -604,8 +608,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                     while i0 < hi:
                         rows = min(bm, ql - i0)
                         m4 = (rows + 3) // 4 * 4
-                        _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h, qk_scale)
-                        _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h, 1)
+                        _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h)
+                        _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h)
                         _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, m4, bn, d, False)
                         _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, m4, bn, d, False)
                         edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
@@ -613,6 +617,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                             l2 = lse2[h, qs + i0 + r]
                             dl = delta[h, qs + i0 + r]
                             prow, dsrow = p[r], ds[r]
+                            for c in range(bn):  # as in the forward
+                                prow[c] *= qk_scale
                             if alibi != 0:
                                 _alibi(bias, alibi, slope2, i0 + r + off, j)
                             if thr > 0:  # dP reaches kept entries only, scaled as in the forward
@@ -896,7 +902,7 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
               not P.finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop,
               numba.get_num_threads())
     dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
-    dk_t.mul_(P.scale / float(P.qk_scale))
+    dk_t.mul_(P.scale)
     results = []
     for grad, given, like in ((dq_t, dq, q), (dk_t, dk, k), (dv_t, dv, v)):
         grad = grad.view(like.shape).to(like.dtype)
