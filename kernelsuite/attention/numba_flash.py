@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import threading
+from types import FunctionType
 
 import numba
 import numpy as np
@@ -560,7 +561,8 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
     """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta (Hq, Tq) = rowsum(dO * O) - dLSE, dlse
     (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
-    (chunks, Tq, Hq, d), zeroed by the caller; writes dk (dS^T Q, so also up to the
+    (chunks, Hq, Tq, d), zeroed by the caller (head-major: a block's rows are contiguous;
+    rows Hq * d apart cost 10% at head_dim 128); writes dk (dS^T Q, so also up to the
     softmax scale) and dv (Tk, Hkv, d). exact: an input holds a NaN or Inf, so edge
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
     alibi, drop, workers as in _forward."""
@@ -676,7 +678,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                                   m4, d, cols, False)
                         for r in range(rows):
                             for c in range(d):
-                                dq_part[chunk, qs + i0 + r, h, c] += dq_tile[r, c]
+                                dq_part[chunk, h, qs + i0 + r, c] += dq_tile[r, c]
                         i0 += bm
                 for r in range(cols):
                     for c in range(d):
@@ -730,6 +732,30 @@ def _all_finite(x, x_st, x_sh, total, heads, d):
         if z != 0:
             bad += 1
     return bad == 0
+
+
+# the copies and the check of small inputs on the calling thread alone: starting numba's
+# threads costs more than they save below this many elements (a seqlen-16 head-major copy
+# took 16 us in parallel)
+PARALLEL_ELEMENTS = 1 << 16
+
+
+def _serial(kernel, **options):
+    """kernel's Python function compiled without parallel=True (prange runs as range), under
+    a name of its own: numba's cache keys entries by the function's name and signature, not
+    by its options, so the same function compiled twice would load one version for both."""
+    name = kernel.py_func.__name__ + "_serial"
+    func = FunctionType(kernel.py_func.__code__, kernel.py_func.__globals__, name)
+    func.__qualname__ = name
+    return njit(cache=True, **options)(func)
+
+
+_head_major_serial = _serial(_head_major)
+_all_finite_serial = _serial(_all_finite, fastmath={"reassoc"})
+
+
+def _small(x) -> bool:
+    return x.numel() < PARALLEL_ELEMENTS
 
 
 def _set_threads():
@@ -814,7 +840,8 @@ class _Problem:
         (slower) paths otherwise, so that a NaN or Inf reaches exactly the outputs that
         depend on it. (torch.isfinite(x).all() takes 3x as long: a bool tensor, then a
         second pass.)"""
-        return all(_all_finite(*self.flat(x), *x.shape) for x in tokens)
+        return all((_all_finite_serial if _small(x) else _all_finite)(*self.flat(x), *x.shape)
+                   for x in tokens)
 
     def head_major(self, x, slot, transposed=False):
         """(H, T + BLOCK_N, d), or (H, d, T + BLOCK_N) when transposed: a zero-padded copy of
@@ -822,7 +849,7 @@ class _Problem:
         total, heads, d = x.shape
         shape = (heads, d, total + BLOCK_N) if transposed else (heads, total + BLOCK_N, d)
         out = _scratch(slot, shape, self.ftype)
-        _head_major(*self.flat(x), out, transposed)
+        (_head_major_serial if _small(x) else _head_major)(*self.flat(x), out, transposed)
         return out
 
     def lse_rows(self, lse):
@@ -891,7 +918,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     pairs = (len(P.cu_q) - 1) * P.heads_kv
     blocks = max(1, math.ceil(kt_.shape[0] / BLOCK_N))
     chunks = max(1, min(blocks, math.ceil(numba.get_num_threads() / max(1, pairs))))
-    dq_part = torch.zeros((chunks,) + qt.shape, dtype=P.dtype)
+    total, heads, d = qt.shape
+    dq_part = torch.from_numpy(_scratch(3, (chunks, heads, total, d), P.ftype)).zero_()
     dk_t = torch.empty(kt_.shape, dtype=P.dtype)
     dv_t = torch.empty(vt_.shape, dtype=P.dtype)
     _backward(*P.flat(qt), P.head_major(kt_, 0), P.head_major(kt_, 1, transposed=True),
@@ -901,7 +929,9 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
               dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap,
               not P.finite(qt, kt_, vt_, dot), P.slopes, P.alibi, P.drop,
               numba.get_num_threads())
-    dq_t = (dq_part[0] if chunks == 1 else dq_part.sum(0)).mul_(P.scale)
+    dq_t = torch.empty(qt.shape, dtype=P.dtype)
+    torch.mul((dq_part[0] if chunks == 1 else dq_part.sum(0)).transpose(0, 1), P.scale,
+              out=dq_t)
     dk_t.mul_(P.scale)
     results = []
     for grad, given, like in ((dq_t, dq, q), (dk_t, dk, k), (dv_t, dv, v)):
