@@ -8,7 +8,8 @@ in the forward FlexAttention compiled by torch.compile (_flex.py; it has no CPU 
 Tiny (dry runs): float16, batch 1, 2 heads, head_dim 64, seqlen 80, causal, every mode.
 Modes: fwd (forward), bwd (backward alone: the forward runs once, untimed, and its graph is
 kept) and fwd_bwd (both, as a training step runs them). Each output is checked against
-the reference in float64 on batch 0, head 0 (heads are independent, so the slice is exact).
+the reference in float64 on batch 0, head 0 (heads are independent, so the slice is exact);
+every implementation gets the same inputs (seed 0), so their errors compare.
 """
 
 from __future__ import annotations
@@ -185,12 +186,14 @@ def make_case(device, batch, seqlen, heads, head_dim, causal, dtype, mode,
         impls = {k: wrap(fn) for k, fn in impls.items()}
 
     def make_inputs(device):
+        # the same inputs for every implementation, so that their errors compare
+        g = torch.Generator(device=device).manual_seed(0)
         shape = (batch, seqlen, heads, head_dim)
         x = SimpleNamespace(causal=causal)
         for t in ("q", "k", "v"):
-            setattr(x, t, torch.randn(shape, device=device, dtype=dtype,
+            setattr(x, t, torch.randn(shape, device=device, dtype=dtype, generator=g,
                                       requires_grad=backward))
-        x.dout = torch.randn(shape, device=device, dtype=dtype)
+        x.dout = torch.randn(shape, device=device, dtype=dtype, generator=g)
         return x
 
     elsize = torch.finfo(dtype).bits // 8
