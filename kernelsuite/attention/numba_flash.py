@@ -555,10 +555,11 @@ def _forward(q, q_st, q_sh, kt, v, out, lse, cu_q, cu_k, group, win_left, win_ri
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
-def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_part, dk,
+def _backward(q, k, kt, vt, do, lse2, delta, dlse, dq_part, dk,
               dv, cu_q, cu_k, group, win_left, win_right, qk_scale, cap, exact, slopes, alibi,
               drop, workers):
-    """q, do flat as in _forward; k (Hkv, Tk + BLOCK_N, d), kt, vt (Hkv, d, Tk + BLOCK_N);
+    """q, do (Hq, Tq + BLOCK_N, d) and k (Hkv, Tk + BLOCK_N, d) head-major (their blocks'
+    rows contiguous: the products read them in place), kt, vt (Hkv, d, Tk + BLOCK_N);
     lse2 (Hq, Tq) the LSE in log2 units; delta (Hq, Tq) = rowsum(dO * O) - dLSE, dlse
     (Hq, Tq) the dLSE alone. Adds dS @ K (dQ / softmax_scale) into dq_part
     (chunks, Hq, Tq, d), zeroed by the caller (head-major: a block's rows are contiguous;
@@ -567,7 +568,7 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
     blocks form dV, dK and dQ key by key, skipping hidden (query, key) pairs. slopes,
     alibi, drop, workers as in _forward."""
     heads_kv, d = dk.shape[1], dk.shape[2]
-    tk_pad = kt.shape[2]
+    tk_pad, tq_pad = kt.shape[2], q.shape[1]
     chunks = dq_part.shape[0]
     bm, bn = BLOCK_M, BLOCK_N
     seed, offset, thr, drop_scale = drop
@@ -577,8 +578,6 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
     n_tasks = order.shape[0] * heads_kv * chunks
     taken = np.zeros(1, np.int64)
     for _ in prange(workers):  # one per thread, each taking tasks until none is left
-        q_blk = np.empty((bm, d), kt.dtype)
-        do_blk = np.empty((bm, d), kt.dtype)
         p = np.empty((bm, bn), kt.dtype)
         ds = np.empty((bm, bn), kt.dtype)
         dq_tile = np.empty((bm, d), kt.dtype)
@@ -609,11 +608,12 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                     i0 = (lo // bm) * bm
                     while i0 < hi:
                         rows = min(bm, ql - i0)
+                        # rows past the sequence's end (up to m4) are read and their
+                        # products ignored
                         m4 = (rows + 3) // 4 * 4
-                        _load_block(q_blk, q, qs + i0, rows, q_st, q_sh, h)
-                        _load_block(do_blk, do, qs + i0, rows, do_st, do_sh, h)
-                        _gemm(p, 0, bn, q_blk, 0, d, 1, kt, k_off, tk_pad, m4, bn, d, False)
-                        _gemm(ds, 0, bn, do_blk, 0, d, 1, vt, k_off, tk_pad, m4, bn, d, False)
+                        q_off = (h * tq_pad + qs + i0) * d  # into q, do
+                        _gemm(p, 0, bn, q, q_off, d, 1, kt, k_off, tk_pad, m4, bn, d, False)
+                        _gemm(ds, 0, bn, do, q_off, d, 1, vt, k_off, tk_pad, m4, bn, d, False)
                         edge = _on_edge(j, bn, kl, i0, rows, off, win_left, win_right)
                         for r in range(rows):
                             l2 = lse2[h, qs + i0 + r]
@@ -666,12 +666,12 @@ def _backward(q, q_st, q_sh, k, kt, vt, do, do_st, do_sh, lse2, delta, dlse, dq_
                                 for c in range(cols):
                                     if not _hidden(j + c, pos, kl, win_left, win_right):
                                         for e in range(d):
-                                            dv_acc[c, e] += p[r, c] * do_blk[r, e]
-                                            dk_acc[c, e] += ds[r, c] * q_blk[r, e]
+                                            dv_acc[c, e] += p[r, c] * do[h, qs + i0 + r, e]
+                                            dk_acc[c, e] += ds[r, c] * q[h, qs + i0 + r, e]
                                             dq_tile[r, e] += ds[r, c] * k[kvh, ks + j + c, e]
                         else:  # each summed on its own, then added (see _forward)
-                            _gemm(dv_tile, 0, d, p, 0, 1, bn, do_blk, 0, d, bn, d, rows, False)
-                            _gemm(dk_tile, 0, d, ds, 0, 1, bn, q_blk, 0, d, bn, d, rows, False)
+                            _gemm(dv_tile, 0, d, p, 0, 1, bn, do, q_off, d, bn, d, rows, False)
+                            _gemm(dk_tile, 0, d, ds, 0, 1, bn, q, q_off, d, bn, d, rows, False)
                             dv_acc += dv_tile
                             dk_acc += dk_tile
                             _gemm(dq_tile, 0, d, ds, 0, bn, 1, k, (kvh * tk_pad + ks + j) * d, d,
@@ -922,8 +922,8 @@ def backward(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seql
     dq_part = torch.from_numpy(_scratch(3, (chunks, heads, total, d), P.ftype)).zero_()
     dk_t = torch.empty(kt_.shape, dtype=P.dtype)
     dv_t = torch.empty(vt_.shape, dtype=P.dtype)
-    _backward(*P.flat(qt), P.head_major(kt_, 0), P.head_major(kt_, 1, transposed=True),
-              P.head_major(vt_, 2, transposed=True), *P.flat(dot),
+    _backward(P.head_major(qt, 4), P.head_major(kt_, 0), P.head_major(kt_, 1, transposed=True),
+              P.head_major(vt_, 2, transposed=True), P.head_major(dot, 5),
               lse2.contiguous().numpy(), delta.to(P.dtype).contiguous().numpy(),
               dlse_t.to(P.dtype).contiguous().numpy(), dq_part.numpy(), dk_t.numpy(),
               dv_t.numpy(), P.cu_q, P.cu_k, P.group, *P.window, P.qk_scale, P.cap,
