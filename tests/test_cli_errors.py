@@ -75,20 +75,6 @@ def test_bench_threads_must_be_a_positive_int(threads, capsys, no_runs):
         f"got {int(threads) if threads.lstrip('-').isdigit() else threads!r}")
 
 
-def test_busy_core_spins_one_cpu_while_open():
-    """--busy-core's process: alive and pinned to one CPU inside, gone after."""
-    import os
-    import time
-
-    with run.busy_core() as (cpu, pid):
-        deadline = time.monotonic() + 30
-        while os.sched_getaffinity(pid) != {cpu} and time.monotonic() < deadline:
-            time.sleep(0.05)  # the child pins itself once its interpreter is up
-        assert os.sched_getaffinity(pid) == {cpu}
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-
-
 @pytest.mark.parametrize("seconds", ["-1", "0", "nan", "inf", "1e9"])
 def test_profile_seconds_must_be_positive_and_finite(seconds, capsys, no_runs):
     line = usage_error(["profile", "packing/ffd-gamma-c2048", f"--seconds={seconds}"], capsys)

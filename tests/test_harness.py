@@ -1,5 +1,6 @@
 """The benchmark harness counts work right, times honestly and reports what it measured."""
 
+import os
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from kernelsuite.harness.cases import attention as ac
 from kernelsuite.harness.cases._flex import compiled_flex
 from kernelsuite.harness.measure import check_error
 from kernelsuite.harness.registry import ALTERNATIVE, OURS, REFERENCE, Case
-from kernelsuite.harness.run import format_table, run_cases
+from kernelsuite.harness.run import busy_core, format_table, run_cases
 from kernelsuite.harness.timing import time_cpu
 
 
@@ -300,3 +301,14 @@ def test_cpu_rows_carry_the_floor_beside_the_time():
     assert row.floor_ms == pytest.approx(1e8 / cpu_copy_bandwidth() * 1e3)
     assert row.frac_peak == pytest.approx(row.floor_ms / row.median_ms)
     assert "frac_ceiling" not in row or row.frac_ceiling != row.frac_ceiling  # GPUs only
+
+
+def test_busy_core_spins_one_cpu_while_open():
+    """--busy-core's process: alive and pinned to one CPU inside, gone after."""
+    with busy_core() as (cpu, pid):
+        deadline = time.monotonic() + 30
+        while os.sched_getaffinity(pid) != {cpu} and time.monotonic() < deadline:
+            time.sleep(0.05)  # the child pins itself once its interpreter is up
+        assert os.sched_getaffinity(pid) == {cpu}
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)

@@ -27,10 +27,11 @@ The same method as the Triton kernels (triton_flash.py), laid out for a CPU:
   (sequence, kv head) pairs than threads.
 
 Inputs are first copied to head-major float32 (float64 for float64 inputs) buffers padded
-by one block (K and V; in the backward also Q and dO), so kernels read whole tiles without bounds checks: extra memory is O(seqlen),
-a few times the size of q, k, v. Each thread keeps these buffers between calls (up to
-SCRATCH_MAX_BYTES each, see _scratch). Dense (batch, seqlen, heads, d) inputs are seen as varlen
-with equal lengths. Inputs are assumed valid: the api module checks them.
+by one block (K and V; in the backward also Q and dO), so kernels read whole tiles without
+bounds checks: extra memory is O(seqlen), a few times the size of q, k, v. Each thread
+keeps these buffers between calls (up to SCRATCH_MAX_BYTES each, see _scratch). Dense
+(batch, seqlen, heads, d) inputs are seen as varlen with equal lengths. Inputs are assumed
+valid: the api module checks them.
 """
 
 from __future__ import annotations
